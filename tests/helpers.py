@@ -1,0 +1,46 @@
+"""One place for the numeric checks every test uses: parse ONNX text, run onnxruntime with
+graph optimizations disabled, and assert outputs match at a named tolerance."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+
+from tm2onnx.runtime import compare, random_feeds, run_model
+
+FP32 = dict(rtol=1e-4, atol=1e-5)
+FP16 = dict(rtol=1e-2, atol=5e-2)
+ORT_IR_VERSION = 10
+
+
+def parse_model(text: str, *, ir_version: int = ORT_IR_VERSION) -> onnx.ModelProto:
+    """An ONNX model from onnx.parser text, checked, with an IR version onnxruntime accepts."""
+    model = onnx.parser.parse_model(text)
+    model.ir_version = ir_version
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def run_ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs with onnxruntime's graph optimizations off, so a broken rewrite cannot hide."""
+    return run_model(model, feeds, opt_level="disable")
+
+
+def ops(model: onnx.ModelProto) -> list[str]:
+    return [node.op_type for node in model.graph.node]
+
+
+def assert_matches(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], *,
+                   rtol: float, atol: float) -> None:
+    result = compare(reference, actual, rtol=rtol, atol=atol)
+    assert result, f"outputs differ:\n{result}"
+
+
+def assert_same_function(before: onnx.ModelProto, after: onnx.ModelProto, *, rtol: float,
+                         atol: float, seed: int = 0, names: dict[str, str] | None = None) -> None:
+    """Both models on the same seeded feeds give the same outputs (names may be remapped)."""
+    feeds = random_feeds(before, seed=seed)
+    result = compare(run_ort(before, feeds), run_ort(after, feeds), rtol=rtol, atol=atol,
+                     names=names)
+    assert result, f"outputs differ:\n{result}"

@@ -1,0 +1,40 @@
+"""Errors tm2onnx raises for things a user can fix: each prints as one line naming the file,
+the expr or node, and what to do."""
+
+from __future__ import annotations
+
+
+class Tm2OnnxError(Exception):
+    """Base class; `str()` is one line: `<where>: <what> — <hint>`."""
+
+    def __init__(self, message: str, *, where: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"{self.where}: {self.message}" if self.where else self.message
+        if self.hint:
+            text += f" — {self.hint}"
+        return text.replace("\n", " ")
+
+
+class LoadError(Tm2OnnxError):
+    """The input file is missing, unreadable, or not what it should be."""
+
+
+class UnsupportedOpError(Tm2OnnxError):
+    """One or more exprs have no ONNX converter (all are listed at once)."""
+
+
+class ConversionError(Tm2OnnxError):
+    """A converter found an expr it recognizes but cannot express (e.g. an unsupported mode)."""
+
+
+class TransformError(Tm2OnnxError):
+    """A graph transform failed or was given bad parameters."""
+
+
+class ValidationError(Tm2OnnxError):
+    """Outputs differ beyond tolerance, or a runtime could not run the model."""
