@@ -1,0 +1,180 @@
+"""ExportContext: the gs.Graph being built, the map from TracedModule nodes to ONNX tensors,
+compile-time known values (static shapes, constants), unique names and provenance."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .errors import ConversionError
+
+SHAPE_DTYPE = np.int64
+
+
+class ExportContext:
+    """Converters emit only through this object: `emit`, `op`, `const`, `arg`, `value_of`."""
+
+    def __init__(self, *, opset: int, dynamic_batch: bool, source: str):
+        self.opset = opset
+        self.dynamic_batch = dynamic_batch
+        self.source = source
+        self.graph = gs.Graph(opset=opset, name="tm2onnx")
+        self.provenance: dict[str, dict[str, str]] = {}
+        self._values: dict[Any, gs.Tensor] = {}
+        self._known: dict[Any, np.ndarray] = {}
+        self._used_names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._const_count = 0
+        self.expr = None
+        self.module_path = ""
+
+    # ---- names -------------------------------------------------------------------------
+    def unique(self, name: str, *, namespace: set[str] | None = None) -> str:
+        """`name`, or `name_1`, `name_2`... : tensors and nodes have separate namespaces."""
+        used = self._used_names if namespace is None else namespace
+        candidate, index = name, 1
+        while candidate in used:
+            candidate = f"{name}_{index}"
+            index += 1
+        used.add(candidate)
+        return candidate
+
+    def node_name(self, name: str) -> str:
+        return self.unique(name, namespace=self._node_names)
+
+    def reserve(self, name: str) -> None:
+        self._used_names.add(name)
+
+    @property
+    def base_name(self) -> str:
+        """Module path for module calls, else the first output's name: what users see in Netron."""
+        if self.module_path:
+            return self.module_path
+        if self.expr is not None and self.expr.outputs:
+            return self.expr.outputs[0].name
+        return "node"
+
+    # ---- values ------------------------------------------------------------------------
+    def is_known(self, node: Any) -> bool:
+        return node in self._known
+
+    def known(self, node: Any) -> np.ndarray:
+        return self._known[node]
+
+    def set_known(self, node: Any, value: Any) -> None:
+        self._known[node] = np.asarray(value)
+
+    def bind(self, node: Any, tensor: gs.Tensor) -> None:
+        self._values[node] = tensor
+
+    def is_bound(self, node: Any) -> bool:
+        return node in self._values or node in self._known
+
+    def value_of(self, node: Any) -> gs.Tensor:
+        """The ONNX tensor for a TensorNode; known values become initializers on first use."""
+        if node in self._values:
+            return self._values[node]
+        if node in self._known:
+            tensor = self.const(self._known[node], name=_const_name(node))
+            self._values[node] = tensor
+            return tensor
+        raise ConversionError(f"tensor {node} is used before it is produced",
+                              where=self.source, hint="this is a tm2onnx bug; please report it")
+
+    def arg(self, value: Any, *, dtype: Any = None) -> gs.Tensor:
+        """An ONNX tensor for a converter argument: a TensorNode, or a Python/numpy constant
+        (cast to `dtype`, so `x * 2` on float16 stays float16)."""
+        if _is_node(value):
+            return self.value_of(value)
+        return self.const(np.asarray(value, dtype=dtype))
+
+    def const(self, array: Any, name: str | None = None) -> gs.Constant:
+        array = np.ascontiguousarray(np.asarray(array))
+        if name is None:
+            self._const_count += 1
+            name = f"{self.base_name}.const{self._const_count}"
+        return gs.Constant(self.unique(name), array)
+
+    def param(self, attribute: str, array: Any) -> gs.Constant:
+        """An initializer named after the module attribute path, e.g. `conv_bn.0.weight`."""
+        return self.const(_to_numpy(array), name=f"{self.module_path}.{attribute}")
+
+    def shape_const(self, values: Iterable[int]) -> gs.Constant:
+        return self.const(np.asarray(list(values), dtype=SHAPE_DTYPE))
+
+    # ---- emitting nodes ----------------------------------------------------------------
+    def emit(self, op: str, inputs: Sequence[Any], outputs: Sequence[Any], **attrs: Any
+             ) -> list[gs.Variable]:
+        """Add one node whose outputs are the given TensorNodes (bound by name)."""
+        variables = [self._variable_for(node) for node in outputs]
+        self._add_node(op, inputs, variables, attrs)
+        for node, variable in zip(outputs, variables):
+            self.bind(node, variable)
+        return variables
+
+    def op(self, op: str, inputs: Sequence[Any], *, outputs: int = 1, **attrs: Any
+           ) -> gs.Variable | list[gs.Variable]:
+        """Add one intermediate node; returns its (new, uniquely named) output tensor(s)."""
+        variables = [gs.Variable(self.unique(f"{self.base_name}/{op}_out"))
+                     for _ in range(outputs)]
+        self._add_node(op, inputs, variables, attrs)
+        return variables[0] if outputs == 1 else variables
+
+    def _add_node(self, op: str, inputs: Sequence[Any], outputs: list[gs.Variable],
+                  attrs: dict[str, Any]) -> None:
+        tensors = [self._as_tensor(item) for item in inputs]
+        name = self.node_name(self.base_name)
+        attrs = {key: value for key, value in attrs.items() if value is not None}
+        node = gs.Node(op=op, name=name, attrs=attrs, inputs=tensors, outputs=outputs)
+        self.graph.nodes.append(node)
+        self.provenance[name] = self._provenance()
+
+    def _as_tensor(self, item: Any) -> gs.Tensor:
+        if item is None or (isinstance(item, str) and item == ""):
+            return gs.Variable.empty()
+        if isinstance(item, gs.Tensor):
+            return item
+        return self.arg(item)
+
+    def _variable_for(self, node: Any) -> gs.Variable:
+        name = node.name
+        if name in self._used_names:
+            name = self.unique(name)
+        else:
+            self.reserve(name)
+        dtype = getattr(node, "dtype", None)
+        shape = getattr(node, "shape", None)
+        if self.dynamic_batch or shape is None:
+            shape = None
+        return gs.Variable(name, dtype=np.dtype(dtype) if dtype is not None else None,
+                           shape=list(shape) if shape is not None else None)
+
+    def _provenance(self) -> dict[str, str]:
+        if self.expr is None:
+            return {}
+        outputs = self.expr.outputs
+        return {"module": self.module_path,
+                "qualname": outputs[0].qualname if outputs else "",
+                "expr": _expr_text(self.expr)}
+
+
+def _is_node(value: Any) -> bool:
+    return hasattr(value, "expr") and hasattr(value, "users")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+
+
+def _const_name(node: Any) -> str:
+    qualname = getattr(node, "qualname", "") or node.name
+    # Net.conv_bn.0.weight -> conv_bn.0.weight; Net.[const_tensor] -> const_tensor
+    tail = qualname.split(".", 1)[1] if "." in qualname else qualname
+    return tail.replace("[", "").replace("]", "") or node.name
+
+
+def _expr_text(expr: Any) -> str:
+    text = repr(expr).split("\t", 1)[-1]
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,94 @@
+"""Converter registries, one per kind of expr: module calls keyed by module type (MRO walk),
+function calls keyed by the function object, tensor methods keyed by method name, and
+`Apply` exprs keyed by the MegEngine OpDef type. `find_converter` is the only switch on expr kinds."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from megengine.traced_module.expr import Apply, CallFunction, CallMethod
+from megengine.traced_module.node import ModuleNode
+
+from ..errors import Tm2OnnxError
+
+Converter = Callable[..., None]
+
+MODULE_CONVERTERS: dict[type, Converter] = {}
+FUNCTION_CONVERTERS: dict[Callable, Converter] = {}
+METHOD_CONVERTERS: dict[str, Converter] = {}
+APPLY_CONVERTERS: dict[type, Converter] = {}
+
+
+def _register(registry: dict, keys: tuple, what: str) -> Callable[[Converter], Converter]:
+    def decorator(fn: Converter) -> Converter:
+        for key in keys:
+            if key in registry:
+                raise Tm2OnnxError(f"{what} converter for {key!r} registered twice",
+                                   hint=f"{registry[key].__module__} already has one")
+            registry[key] = fn
+        return fn
+    return decorator
+
+
+def module_converter(*module_types: type) -> Callable[[Converter], Converter]:
+    """`fn(ctx, expr, module)` converts `module(...)` calls; subclasses resolve via the MRO."""
+    return _register(MODULE_CONVERTERS, module_types, "module")
+
+
+def function_converter(*functions: Callable) -> Callable[[Converter], Converter]:
+    """`fn(ctx, expr)` converts calls of these function objects (e.g. `F.relu`)."""
+    return _register(FUNCTION_CONVERTERS, functions, "function")
+
+
+def method_converter(*names: str) -> Callable[[Converter], Converter]:
+    """`fn(ctx, expr)` converts tensor method calls (`__mul__`, `reshape`, ...)."""
+    return _register(METHOD_CONVERTERS, names, "method")
+
+
+def apply_converter(*opdef_types: type) -> Callable[[Converter], Converter]:
+    """`fn(ctx, expr)` converts raw `apply(opdef, ...)` exprs (e.g. GetVarShape)."""
+    return _register(APPLY_CONVERTERS, opdef_types, "apply")
+
+
+def find_converter(expr: Any) -> Converter | None:
+    """The converter for an expr, or None when tm2onnx has none."""
+    if isinstance(expr, CallMethod):
+        target = expr.inputs[0] if expr.inputs else None
+        if isinstance(target, ModuleNode):
+            if expr.method != "__call__":
+                return None
+            return _by_mro(MODULE_CONVERTERS, target.module_type)
+        return METHOD_CONVERTERS.get(expr.method)
+    if isinstance(expr, CallFunction):
+        return FUNCTION_CONVERTERS.get(expr.func)
+    if isinstance(expr, Apply):
+        return _by_mro(APPLY_CONVERTERS, type(expr.opdef))
+    return None
+
+
+def describe_target(expr: Any) -> str:
+    """What an expr calls, in MegEngine terms: `F.nn.pixel_shuffle`, `Tensor.cumsum`, `M.Conv2d`."""
+    if isinstance(expr, CallMethod):
+        target = expr.inputs[0] if expr.inputs else None
+        if isinstance(target, ModuleNode):
+            return f"M.{target.module_type.__name__}.{expr.method}"
+        return f"Tensor.{expr.method}"
+    if isinstance(expr, CallFunction):
+        module = expr.func.__module__.replace("megengine.functional", "F")
+        return f"{module}.{expr.func.__name__}"
+    if isinstance(expr, Apply):
+        return f"apply({type(expr.opdef).__name__})"
+    return type(expr).__name__
+
+
+def _by_mro(registry: dict[type, Converter], cls: type) -> Converter | None:
+    for base in cls.__mro__:
+        if base in registry:
+            return registry[base]
+    return None
+
+
+def load_all() -> None:
+    """Import every converter module so its decorators run."""
+    from . import (activation, conv, elementwise, fused, linear, misc, norm,  # noqa: F401
+                   pool, reduce, shape)

@@ -1,0 +1,3 @@
+"""activation converters (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,117 @@
+"""Binary arithmetic and comparisons: tensor operators (incl. reversed `8*x`, `1-x`), their
+F.* counterparts, and the MegEngine semantics ONNX lacks (floor division, Python-style %)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import megengine.functional as F
+import numpy as np
+
+from ..context import ExportContext
+from . import function_converter, method_converter
+from ._util import cast_if_needed, onnx_dtype, out_dtype, tensor_dtype
+
+ARITHMETIC = {"add": "Add", "sub": "Sub", "mul": "Mul", "truediv": "Div", "pow": "Pow"}
+COMPARISON = {"lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
+              "eq": "Equal"}
+LOGICAL = {"and": "And", "or": "Or", "xor": "Xor"}
+
+
+def _is_node(value: Any) -> bool:
+    return hasattr(value, "expr")
+
+
+def compute_dtype(lhs: Any, rhs: Any, fallback: np.dtype) -> np.dtype:
+    """The dtype both operands are cast to: the tensors' common type, where a Python float
+    beside an integer tensor promotes to float32 (MegEngine's rule)."""
+    dtypes = [tensor_dtype(v) for v in (lhs, rhs) if _is_node(v)]
+    scalars = [v for v in (lhs, rhs) if not _is_node(v)]
+    if not dtypes:
+        return fallback
+    common = np.result_type(*dtypes)
+    if any(isinstance(s, float) or np.asarray(s).dtype.kind == "f" for s in scalars) \
+            and common.kind in "iub":
+        return np.dtype(np.float32)
+    return common
+
+
+def operand(ctx: ExportContext, value: Any, dtype: np.dtype) -> Any:
+    if _is_node(value):
+        return cast_if_needed(ctx, ctx.value_of(value), tensor_dtype(value), dtype)
+    return ctx.const(np.asarray(value, dtype=dtype))
+
+
+def emit_binary(ctx: ExportContext, expr: Any, op: str, lhs: Any, rhs: Any) -> None:
+    result = out_dtype(expr)
+    dtype = compute_dtype(lhs, rhs, result)
+    if op == "Div" and dtype.kind in "iub":
+        dtype = result  # true division of ints gives floats
+    a, b = operand(ctx, lhs, dtype), operand(ctx, rhs, dtype)
+    if op in ("FloorDiv", "PyMod"):
+        value = _floor_div(ctx, a, b, dtype) if op == "FloorDiv" else _py_mod(ctx, a, b, dtype)
+        return _finish(ctx, expr, value, dtype, result)
+    if result == dtype or result == np.bool_:
+        ctx.emit(op, [a, b], expr.outputs)
+        return None
+    return _finish(ctx, expr, ctx.op(op, [a, b]), dtype, result)
+
+
+def _finish(ctx: ExportContext, expr: Any, value: Any, have: np.dtype, want: np.dtype) -> None:
+    if have == want:
+        ctx.emit("Identity", [value], expr.outputs)
+    else:
+        ctx.emit("Cast", [value], expr.outputs, to=onnx_dtype(want))
+
+
+def _floor_div(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
+    if dtype.kind == "f":
+        return ctx.op("Floor", [ctx.op("Div", [a, b])])
+    as_float = [ctx.op("Cast", [t], to=onnx_dtype(np.float64)) for t in (a, b)]
+    floored = ctx.op("Floor", [ctx.op("Div", as_float)])
+    return ctx.op("Cast", [floored], to=onnx_dtype(dtype))
+
+
+def _py_mod(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
+    if dtype.kind in "iu":
+        return ctx.op("Mod", [a, b], fmod=0)  # integer Mod takes the divisor's sign, like Python
+    quotient = ctx.op("Floor", [ctx.op("Div", [a, b])])
+    return ctx.op("Sub", [a, ctx.op("Mul", [quotient, b])])
+
+
+def _method(op: str, reverse: bool = False):
+    def convert(ctx: ExportContext, expr: Any) -> None:
+        lhs, rhs = expr.args[0], expr.args[1]
+        if reverse:
+            lhs, rhs = rhs, lhs
+        emit_binary(ctx, expr, op, lhs, rhs)
+    return convert
+
+
+for _name, _op in {**ARITHMETIC, **COMPARISON, **LOGICAL,
+                   "floordiv": "FloorDiv", "mod": "PyMod"}.items():
+    method_converter(f"__{_name}__")(_method(_op))
+    if _name not in COMPARISON:
+        method_converter(f"__r{_name}__")(_method(_op, reverse=True))
+
+
+@method_converter("__ne__")
+def not_equal(ctx: ExportContext, expr: Any) -> None:
+    lhs, rhs = expr.args[0], expr.args[1]
+    dtype = compute_dtype(lhs, rhs, np.dtype(np.float32))
+    equal = ctx.op("Equal", [operand(ctx, lhs, dtype), operand(ctx, rhs, dtype)])
+    ctx.emit("Not", [equal], expr.outputs)
+
+
+def _function(op: str):
+    def convert(ctx: ExportContext, expr: Any) -> None:
+        emit_binary(ctx, expr, op, expr.args[0], expr.args[1])
+    return convert
+
+
+for _func, _op in {F.add: "Add", F.sub: "Sub", F.mul: "Mul", F.div: "Div", F.pow: "Pow",
+                   F.floor_div: "FloorDiv", F.mod: "PyMod", F.maximum: "Max",
+                   F.minimum: "Min", F.less: "Less", F.less_equal: "LessOrEqual",
+                   F.greater: "Greater", F.greater_equal: "GreaterOrEqual", F.equal: "Equal",
+                   F.logical_and: "And", F.logical_or: "Or", F.logical_xor: "Xor"}.items():
+    function_converter(_func)(_function(_op))

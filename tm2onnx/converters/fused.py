@@ -1,0 +1,3 @@
+"""fused converters (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""linear converters (being written)."""
+
+from __future__ import annotations

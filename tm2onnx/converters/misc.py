@@ -1,0 +1,3 @@
+"""misc converters (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""norm converters (being written)."""
+
+from __future__ import annotations

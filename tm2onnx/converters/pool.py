@@ -1,0 +1,3 @@
+"""pool converters (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""reduce converters (being written)."""
+
+from __future__ import annotations

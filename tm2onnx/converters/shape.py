@@ -1,0 +1,3 @@
+"""shape converters (being written)."""
+
+from __future__ import annotations

@@ -1,0 +1,199 @@
+"""Load a `.tm`, walk its flattened graph through the converter registries into a gs.Graph,
+and produce a checked ONNX model; `save_model` writes atomically (temp file, then rename)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import __version__
+from .context import ExportContext
+from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
+
+DEFAULT_OPSET = 17
+MIN_OPSET = 13
+ONNXRUNTIME_IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.23 accepts at most 11
+BATCH_DIM = "batch"
+
+
+def load_traced(path: str | os.PathLike) -> Any:
+    """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`."""
+    import megengine.traced_module as tm
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError("no such file", where=str(path), hint="pass the path of a pickled .tm")
+    try:
+        with path.open("rb") as handle:
+            model = pickle.load(handle)
+    except Exception as err:
+        raise LoadError(f"cannot unpickle: {type(err).__name__}: {err}", where=str(path),
+                        hint="save it with pickle.dump(tm.trace_module(net, x), f)") from err
+    if not isinstance(model, tm.TracedModule):
+        raise LoadError(f"holds a {type(model).__name__}, not a TracedModule", where=str(path),
+                        hint="trace it first: megengine.traced_module.trace_module(net, x)")
+    return model
+
+
+def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
+           dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
+           output_names: Sequence[str] | None = None) -> onnx.ModelProto:
+    """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs."""
+    from . import converters
+
+    converters.load_all()
+    source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    _check_opset(opset, source)
+    traced = _as_traced(model, example_inputs, source)
+    traced.eval()
+    flat = traced.flatten()
+    ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
+    graph_inputs = _bind_inputs(ctx, flat, input_names)
+    _convert_exprs(ctx, flat)
+    graph_outputs = _bind_outputs(ctx, flat, output_names)
+    ctx.graph.inputs, ctx.graph.outputs = graph_inputs, graph_outputs
+    return _finish(ctx)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write atomically: a failure never leaves a half-written file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(model.SerializeToString())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+# ---- steps ---------------------------------------------------------------------------------
+def _check_opset(opset: int, source: str) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise Tm2OnnxError(f"opset {opset} is not supported", where=source,
+                           hint=f"choose {MIN_OPSET}..{newest}")
+
+
+def _as_traced(model: Any, example_inputs: Sequence[Any], source: str) -> Any:
+    import megengine as mge
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    if isinstance(model, (str, os.PathLike)):
+        return load_traced(model)
+    if isinstance(model, tm.TracedModule):
+        return model
+    if isinstance(model, M.Module):
+        if not example_inputs:
+            raise LoadError("a plain Module needs example inputs to trace", where=source,
+                            hint="call tm2onnx.export(net, example_tensor)")
+        model.eval()
+        tensors = [x if isinstance(x, mge.Tensor) else mge.Tensor(np.asarray(x))
+                   for x in example_inputs]
+        return tm.trace_module(model, *tensors)
+    raise LoadError(f"cannot export a {type(model).__name__}", where=source,
+                    hint="pass a TracedModule, a .tm path, or a megengine Module with inputs")
+
+
+def _bind_inputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> list:
+    nodes = flat.graph.inputs[1:]
+    names = _check_names(names, len(nodes), "input", ctx.source)
+    variables = []
+    for index, node in enumerate(nodes):
+        shape = list(node.shape) if node.shape is not None else None
+        if ctx.dynamic_batch and shape:
+            shape[0] = BATCH_DIM
+        name = names[index] if names else node.name
+        ctx.reserve(name)
+        variable = gs.Variable(name, dtype=np.dtype(node.dtype), shape=shape)
+        ctx.bind(node, variable)
+        variables.append(variable)
+    return variables
+
+
+def _bind_outputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> list:
+    nodes = flat.graph.outputs
+    names = _check_names(names, len(nodes), "output", ctx.source)
+    inputs = set(id(v) for v in ctx.graph.inputs)
+    ctx.expr, ctx.module_path = None, ""
+    outputs, seen = [], set()
+    for index, node in enumerate(nodes):
+        tensor = ctx.value_of(node)
+        wanted = names[index] if names else node.name
+        if isinstance(tensor, gs.Constant) or id(tensor) in seen or id(tensor) in inputs:
+            identity = gs.Variable(ctx.unique(wanted), dtype=tensor.dtype)
+            ctx.graph.nodes.append(gs.Node("Identity", name=ctx.node_name(f"{wanted}/Identity"),
+                                           inputs=[tensor], outputs=[identity]))
+            tensor = identity
+        elif tensor.name != wanted:
+            if wanted in ctx._used_names:
+                raise Tm2OnnxError(f"output name {wanted!r} is already used in the graph",
+                                   where=ctx.source, hint="pick another --output-names entry")
+            ctx.reserve(wanted)
+            tensor.name = wanted
+        if ctx.dynamic_batch:
+            tensor.shape = None
+        seen.add(id(tensor))
+        outputs.append(tensor)
+    return outputs
+
+
+def _check_names(names: Sequence[str] | None, count: int, kind: str, source: str):
+    if names is None:
+        return None
+    names = list(names)
+    if len(names) != count or len(set(names)) != len(names):
+        raise Tm2OnnxError(f"got {len(names)} {kind} names for {count} {kind}s", where=source,
+                           hint=f"give exactly {count} distinct names")
+    return names
+
+
+def _convert_exprs(ctx: ExportContext, flat: Any) -> None:
+    from .walk import convert_all
+
+    unsupported = convert_all(ctx, flat)
+    if unsupported:
+        listing = ", ".join(unsupported)
+        raise UnsupportedOpError(
+            f"{len(unsupported)} expr{'s' if len(unsupported) > 1 else ''} have no ONNX "
+            f"converter: {listing}", where=ctx.source,
+            hint="add one with @function_converter/@method_converter/@module_converter "
+                 "(see README#extending)")
+
+
+def _finish(ctx: ExportContext) -> onnx.ModelProto:
+    ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(ctx.graph, do_type_check=True)
+    model.ir_version = ONNXRUNTIME_IR_VERSION
+    model.producer_name, model.producer_version = "tm2onnx", __version__
+    for node in model.graph.node:
+        for key, value in ctx.provenance.get(node.name, {}).items():
+            if value:
+                node.metadata_props.add(key=key, value=value)
+    if ctx.dynamic_batch:
+        _fill_output_types(model)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:
+        raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
+                              hint="this is a tm2onnx bug; please report it") from err
+    return model
+
+
+def _fill_output_types(model: onnx.ModelProto) -> None:
+    inferred = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in inferred.graph.value_info}
+    known.update({v.name: v for v in inferred.graph.output})
+    for output in model.graph.output:
+        if output.name in known and known[output.name].type.tensor_type.HasField("shape"):
+            output.type.CopyFrom(known[output.name].type)

@@ -1,0 +1,143 @@
+"""Graph transforms: each is `graph -> TransformReport`, registered by its CLI name with
+`@transform(name)`; `run_pipeline` runs them in order on a model and reports every step."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import pkgutil
+import time
+from collections.abc import Callable, Sequence
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from tm2onnx.errors import TransformError
+
+from .graphio import to_graph, to_model
+from .patterns import graph_size
+from .report import TransformReport
+
+TransformFn = Callable[..., TransformReport]
+StepCallback = Callable[[str, onnx.ModelProto, onnx.ModelProto, TransformReport], None]
+
+TRANSFORMS: dict[str, TransformFn] = {}
+# What `deploy` expands to: the rewrites every deployment wants, in a safe order.
+DEPLOY_PIPELINE: tuple[str, ...] = ("fuse-conv-bn", "absorb-const", "cleanup")
+_NOT_TRANSFORMS = {"report", "patterns", "graphio"}
+
+
+def transform(name: str) -> Callable[[TransformFn], TransformFn]:
+    """Register `fn(graph, *, params) -> TransformReport` under its CLI name (once only)."""
+    def register(fn: TransformFn) -> TransformFn:
+        if name in TRANSFORMS or name == "deploy":
+            raise TransformError(f"transform {name!r} is already registered",
+                                 where=f"{fn.__module__}.{fn.__qualname__}")
+        TRANSFORMS[name] = fn
+        fn.transform_name = name
+        return fn
+    return register
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, first docstring line) of every registered transform, sorted by name."""
+    def first_line(fn: TransformFn) -> str:
+        doc = inspect.getdoc(fn) or ""
+        return " ".join(doc.split("\n\n")[0].split())
+    return [(name, first_line(TRANSFORMS[name])) for name in sorted(TRANSFORMS)]
+
+
+def expand(names: Sequence[str]) -> list[str]:
+    """Names with `deploy` expanded; unknown names raise, listing the known ones."""
+    expanded: list[str] = []
+    for name in names:
+        expanded += DEPLOY_PIPELINE if name == "deploy" else [name]
+    unknown = [n for n in expanded if n not in TRANSFORMS]
+    if unknown:
+        raise TransformError(f"unknown transform(s): {', '.join(unknown)}",
+                             hint=f"known: deploy, {', '.join(sorted(TRANSFORMS))}")
+    return expanded
+
+
+def bind(name: str, params: dict | None = None) -> Callable[[gs.Graph], TransformReport]:
+    """The transform with its keyword-only params bound; an unknown param names the known ones."""
+    if name not in TRANSFORMS:
+        expand([name])  # raises, listing the known names
+    fn = TRANSFORMS[name]
+    params = params or {}
+    accepted = {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    extra = sorted(set(params) - accepted)
+    if extra:
+        raise TransformError(f"{name} has no option(s) {', '.join(extra)}",
+                             hint=f"it takes: {', '.join(sorted(accepted)) or 'no options'}")
+    return functools.partial(fn, **params)
+
+
+def run_transform(graph: gs.Graph, name: str, **params: object) -> TransformReport:
+    """Run one transform on `graph` in place and return its report with stats filled in."""
+    return _run_step(graph, name, bind(name, params))
+
+
+def _run_step(graph: gs.Graph, name: str, fn: Callable[[gs.Graph], TransformReport]
+              ) -> TransformReport:
+    nodes, params, size = graph_size(graph)
+    start = time.perf_counter()
+    report = fn(graph)
+    if not isinstance(report, TransformReport):
+        raise TransformError(f"{name} returned {type(report).__name__}, not a TransformReport")
+    report.seconds = time.perf_counter() - start
+    report.nodes_before, report.params_before, report.bytes_before = nodes, params, size
+    report.nodes_after, report.params_after, report.bytes_after = graph_size(graph)
+    return report
+
+
+def run_pipeline(model: onnx.ModelProto, names: Sequence[str], *,
+                 options: dict[str, dict] | None = None, check: bool = False,
+                 on_step: StepCallback | None = None
+                 ) -> tuple[onnx.ModelProto, list[TransformReport]]:
+    """Run `names` in order on one gs import of `model` (which is not modified).
+
+    `options[name]` binds that transform's keyword-only params. With `check`, onnx.checker runs
+    after each changing step; `on_step(name, before, after, report)` sees each step's models
+    (exported only when asked for). When no step changed anything the input model comes back
+    as is, byte for byte."""
+    options = options or {}
+    steps = [(name, bind(name, options.get(name))) for name in expand(names)]
+    graph = to_graph(model)
+    current, reports = model, []
+    for name, fn in steps:
+        try:
+            report = _run_step(graph, name, fn)
+            after = current
+            if report.changed and (check or on_step is not None):
+                after = to_model(graph, like=model)
+                if check:
+                    onnx.checker.check_model(after)
+        except Exception as err:
+            ran = ", ".join(r.name for r in reports)
+            raise TransformError(f"{name} failed after [{ran}]: {err}") from err
+        if on_step is not None:
+            on_step(name, current, after, report)
+        current = after
+        reports.append(report)
+    if not any(r.changed for r in reports):
+        return model, reports
+    if not check and on_step is None:  # otherwise `current` is already the final export
+        current = to_model(graph, like=model)
+    return current, reports
+
+
+def _load_builtin_transforms() -> None:
+    # Every module in this package except the core registers its transforms on import, so a
+    # new transforms/<name>.py needs no edit here.
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name not in _NOT_TRANSFORMS and not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_load_builtin_transforms()
+
+__all__ = ["DEPLOY_PIPELINE", "TRANSFORMS", "TransformReport", "describe", "expand",
+           "run_pipeline", "run_transform", "to_graph", "to_model", "transform"]

@@ -1,0 +1,110 @@
+"""Absorb Mul/Div/Add/Sub by constants that follow a Conv/ConvTranspose/Gemm/MatMul into its
+weight and bias. Each op is an affine map y·s + t per output channel: `y*c`, `c*y` (s=c),
+`y/c` (s=1/c), `y+c`, `c+y` (t=c), `y-c` (t=-c), `c-y` (s=-1, t=c); `c/y` is not affine."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from . import transform
+from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
+from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
+from .report import TransformReport
+
+ELEMENTWISE = ("Mul", "Div", "Add", "Sub")
+
+
+@transform("absorb-const")
+def absorb_const(graph: gs.Graph) -> TransformReport:
+    """Fold constant Mul/Div (into weight and bias) and Add/Sub (into bias; MatMul becomes Gemm
+    when 2-D) after Conv/ConvTranspose/Gemm/MatMul; refuses `c / x`, zero divisors, constants
+    not per-output-channel, shared or non-constant weights, and shared intermediates."""
+    report = TransformReport("absorb-const", verb="absorbed")
+    fresh = name_maker(graph)
+    # Graph order is topological, so a chain conv→Mul→Div folds link by link.
+    for node in nodes_of(graph, *ELEMENTWISE):
+        operands = _split_operands(node)
+        if operands is None:
+            continue
+        index, c = operands
+        source = producer(node.inputs[1 - index])
+        if source is None or source.op not in LINEAR_OPS:
+            continue
+        plan = _plan(graph, source, node, index, c)
+        if isinstance(plan, str):
+            report.skip(node, plan)
+            continue
+        lin, s, t = plan
+        fold_affine(lin, s, t, fresh)
+        adopt_outputs(source, node)
+        report.rewrote(node)
+    if report.rewritten:
+        graph.cleanup().toposort()
+    return report
+
+
+def _split_operands(node: gs.Node) -> tuple[int, np.ndarray] | None:
+    """(index of the constant input, its value) when exactly one of two inputs is constant."""
+    if len(node.inputs) != 2:
+        return None
+    values = [const_array(t) for t in node.inputs]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    index = 0 if values[0] is not None else 1
+    return index, values[index]
+
+
+def _plan(graph: gs.Graph, source: gs.Node, node: gs.Node, index: int, c: np.ndarray
+          ) -> tuple[Linear, np.ndarray, np.ndarray] | str:
+    if reason := sole_output_reason(graph, source, node):
+        return reason
+    lin = linear_of(graph, source)
+    if isinstance(lin, str):
+        return lin
+    if not np.issubdtype(c.dtype, np.floating):
+        return f"constant is {c.dtype}, not floating point"
+    vector = channel_vector(c, lin)
+    if isinstance(vector, str):
+        return vector
+    affine = _affine(node.op, index, vector)
+    if isinstance(affine, str):
+        return affine
+    s, t = affine
+    if lin.node.op == "MatMul" and np.any(t != 0) and lin.out_rank != 2:
+        return "a bias on a MatMul needs a 2-D output (to become Gemm)"
+    return lin, s, t
+
+
+def _affine(op: str, index: int, c: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+    """(s, t) such that `op` applied to y and the constant c equals y·s + t."""
+    ones, zeros = np.ones_like(c), np.zeros_like(c)
+    if op == "Mul":
+        return c, zeros
+    if op == "Add":
+        return ones, c
+    if op == "Sub":
+        return (ones, -c) if index == 1 else (-ones, c)
+    if index == 0:
+        return "c / x is not linear in x"
+    if np.any(c == 0):
+        return "divisor has zeros"
+    return ones / c, zeros
+
+
+def channel_vector(c: np.ndarray, lin: Linear) -> np.ndarray | str:
+    """`c` as a (C,) vector over lin's output channels, or why it does not broadcast as one."""
+    rank = lin.out_rank
+    if rank is None:
+        # Unknown output rank: only shapes that cannot add dimensions are safe.
+        rank = max(c.ndim, 1)
+        if c.ndim > 1:
+            return f"constant shape {c.shape} vs an output of unknown rank"
+    if c.ndim > rank:
+        return f"constant shape {c.shape} would broadcast the output to a higher rank"
+    padded = c.reshape((1,) * (rank - c.ndim) + c.shape)
+    axis = 1 if lin.channel_axis == 1 else rank - 1
+    others = [d for i, d in enumerate(padded.shape) if i != axis]
+    if any(d != 1 for d in others) or padded.shape[axis] not in (1, lin.channels):
+        return f"constant shape {c.shape} is not per output channel ({lin.channels})"
+    return np.broadcast_to(padded.reshape(-1), (lin.channels,)).copy()

@@ -1,0 +1,103 @@
+"""Fold inference BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before it, using
+BN(y) = y·s + t with s = scale / sqrt(var + epsilon), t = B - mean·s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from . import transform
+from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
+from .graphio import inherit_metadata
+from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
+from .report import TransformReport
+
+
+def bn_affine(scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+              epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) with BN(y) = y·s + t per channel, computed in float64 then cast back."""
+    s = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + epsilon)
+    t = bias.astype(np.float64) - mean.astype(np.float64) * s
+    return s.astype(scale.dtype), t.astype(scale.dtype)
+
+
+@transform("fuse-conv-bn")
+def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> TransformReport:
+    """Fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm/2-D MatMul (a BN with
+    no such producer becomes Mul+Add); refuses when params are not constant, the weight is
+    shared, or the producer's output has other consumers or is a graph output."""
+    report = TransformReport("fuse-conv-bn", verb="folded")
+    fresh = name_maker(graph)
+    for bn in nodes_of(graph, "BatchNormalization"):
+        affine = _bn_params(bn)
+        if isinstance(affine, str):
+            report.skip(bn, affine)
+            continue
+        source = producer(bn.inputs[0])
+        if source is not None and source.op in LINEAR_OPS:
+            lin = _foldable(graph, source, bn)
+            if isinstance(lin, str):
+                report.skip(bn, lin)
+                continue
+            fold_affine(lin, *affine, fresh)
+            adopt_outputs(source, bn)
+            report.rewrote(bn)
+        elif decompose_standalone:
+            if reason := _decompose(graph, bn, *affine, fresh):
+                report.skip(bn, reason)
+            else:
+                report.rewrote(bn)
+        else:
+            report.skip(bn, "no Conv/ConvTranspose/Gemm/MatMul before it")
+    if report.rewritten:
+        graph.cleanup().toposort()
+    return report
+
+
+def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | str:
+    if bn.attrs.get("training_mode", 0):
+        return "training_mode=1"
+    if any(out.outputs for out in bn.outputs[1:]):
+        return "running mean/var outputs are used"
+    arrays = [const_array(t) for t in bn.inputs[1:5]]
+    missing = [t.name for t, a in zip(bn.inputs[1:5], arrays) if a is None]
+    if missing:
+        return f"{', '.join(missing)} not constant"
+    return bn_affine(*arrays, float(bn.attrs.get("epsilon", 1e-5)))
+
+
+def _foldable(graph: gs.Graph, source: gs.Node, bn: gs.Node) -> Linear | str:
+    if reason := sole_output_reason(graph, source, bn):
+        return reason
+    lin = linear_of(graph, source)
+    if isinstance(lin, str):
+        return lin
+    # BN normalizes axis 1; for Gemm/MatMul that is the channel (last) axis only when 2-D.
+    if lin.channel_axis == -1 and lin.out_rank != 2:
+        return f"{source.op} output is not known to be 2-D"
+    return lin
+
+
+def _decompose(graph: gs.Graph, bn: gs.Node, s: np.ndarray, t: np.ndarray,
+               fresh: Callable[[str], str]) -> str | None:
+    """Replace a BN that has no foldable producer by x·s + t broadcast on axis 1."""
+    x = bn.inputs[0]
+    if x.shape is None:
+        return "input rank unknown, cannot broadcast scale on axis 1"
+    shape = (-1,) + (1,) * (len(x.shape) - 2)
+    scaled = gs.Variable(fresh(f"{bn.name}.scaled"), dtype=x.dtype, shape=x.shape)
+    mul = gs.Node("Mul", fresh(f"{bn.name}.mul"),
+                  inputs=[x, gs.Constant(fresh(f"{bn.name}.s"), s.reshape(shape))],
+                  outputs=[scaled])
+    outputs = [bn.outputs[0]]
+    bn.outputs.clear()
+    bn.inputs.clear()
+    add = gs.Node("Add", fresh(f"{bn.name}.add"),
+                  inputs=[scaled, gs.Constant(fresh(f"{bn.name}.t"), t.reshape(shape))],
+                  outputs=outputs)
+    for node in (mul, add):
+        inherit_metadata(graph, node, bn)
+        graph.nodes.append(node)
+    return None

@@ -1,0 +1,81 @@
+"""ModelProto <-> gs.Graph without losing what onnx-graphsurgeon drops: per-node metadata_props
+(the exporter's MegEngine provenance), model metadata, opset imports and a pinned IR version."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_graphsurgeon as gs
+
+# onnx 1.23 stamps IR 11+, which onnxruntime 1.23 refuses; 10 is what the pinned runtime loads.
+IR_VERSION = 10
+# Provenance keys the exporter writes into node.metadata_props.
+PROVENANCE_KEYS = ("module", "qualname", "expr")
+_META_ATTR = "_tm2onnx_node_metadata"
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import `model` (not modified); node metadata is kept on the graph, keyed by node name."""
+    graph = gs.import_onnx(model)
+    metadata: dict[str, dict[str, str]] = {}
+    # gs keeps node order and names, so the i-th proto node is the i-th gs node.
+    for index, (proto, node) in enumerate(zip(model.graph.node, graph.nodes)):
+        if not proto.metadata_props:
+            continue
+        if not node.name:
+            node.name = f"{node.op}_{index}_meta"
+        metadata[node.name] = {p.key: p.value for p in proto.metadata_props}
+    setattr(graph, _META_ATTR, metadata)
+    return graph
+
+
+def node_metadata(graph: gs.Graph) -> dict[str, dict[str, str]]:
+    """The graph's node-name -> metadata mapping (created empty for graphs built by hand)."""
+    if not hasattr(graph, _META_ATTR):
+        setattr(graph, _META_ATTR, {})
+    return getattr(graph, _META_ATTR)
+
+
+def inherit_metadata(graph: gs.Graph, new_node: gs.Node, source: gs.Node) -> None:
+    """Give `new_node` the provenance of the node it replaces, unless it already has its own."""
+    metadata = node_metadata(graph)
+    if source.name in metadata and new_node.name not in metadata:
+        metadata[new_node.name] = dict(metadata[source.name])
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export `graph`, copying model-level fields from `like` and reattaching node metadata."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = IR_VERSION
+    if like is not None:
+        _copy_model_fields(like, model)
+    metadata = node_metadata(graph)
+    if metadata:
+        for node in model.graph.node:
+            for key, value in metadata.get(node.name, {}).items():
+                model_prop = node.metadata_props.add()
+                model_prop.key, model_prop.value = key, value
+    return model
+
+
+def _copy_model_fields(like: onnx.ModelProto, model: onnx.ModelProto) -> None:
+    model.producer_name = like.producer_name
+    model.producer_version = like.producer_version
+    model.domain = like.domain
+    model.model_version = like.model_version
+    model.doc_string = like.doc_string
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    # Keep the original opset versions; add only domains a transform introduced.
+    versions = {op.domain: op.version for op in model.opset_import}
+    versions.update({op.domain: op.version for op in like.opset_import})
+    del model.opset_import[:]
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+
+
+def provenance(graph: gs.Graph, node: gs.Node | None) -> dict[str, str]:
+    """The MegEngine module/qualname/expr the exporter recorded for `node` (empty if none)."""
+    if node is None:
+        return {}
+    meta = node_metadata(graph).get(node.name, {})
+    return {key: meta[key] for key in PROVENANCE_KEYS if key in meta}

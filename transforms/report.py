@@ -1,0 +1,69 @@
+"""What a transform did: nodes rewritten, nodes skipped with the reason, and size/time deltas,
+printed as one line so a pipeline's log reads like a table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+
+def _name_of(node: gs.Node | gs.Tensor | str) -> str:
+    if isinstance(node, str):
+        return node
+    return node.name or f"<unnamed {getattr(node, 'op', 'tensor')}>"
+
+
+@dataclass
+class TransformReport:
+    """Filled by the transform (rewritten, skipped, notes) and by run_pipeline (the stats)."""
+
+    name: str
+    verb: str = "rewrote"
+    rewritten: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    params_before: int = 0
+    params_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    # Set by a transform that changes the graph without a per-node rewrite (e.g. a rename).
+    modified: bool = False
+
+    def rewrote(self, node: gs.Node | gs.Tensor | str) -> None:
+        self.rewritten.append(_name_of(node))
+
+    def skip(self, node: gs.Node | gs.Tensor | str, reason: str) -> None:
+        self.skipped.append((_name_of(node), reason))
+
+    skipped_node = skip
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the graph may differ; run_pipeline returns the input model when none did."""
+        return self.modified or bool(self.rewritten)
+
+    def __str__(self) -> str:
+        text = f"{self.name}: {self.verb} {len(self.rewritten)}"
+        if self.skipped:
+            shown = ", ".join(f"{node}: {why}" for node, why in self.skipped[:3])
+            more = f", +{len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
+            text += f", skipped {len(self.skipped)} ({shown}{more})"
+        if self.nodes_before or self.nodes_after:
+            text += f"  nodes {self.nodes_before}→{self.nodes_after}"
+        if self.params_before != self.params_after:
+            text += f"  params {self.params_before}→{self.params_after}"
+        return text + f"  {self.seconds:.2f}s"
+
+    def details(self) -> str:
+        """The one-line summary, then every skip reason and note on its own line."""
+        lines = [str(self)]
+        lines += [f"  skipped {node}: {why}" for node, why in self.skipped]
+        lines += [f"  {note}" for note in self.notes]
+        return "\n".join(lines)
