@@ -1,0 +1,88 @@
+"""`tm2onnx` command line: export | optimize | validate | where | transforms."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import Tm2OnnxError
+
+EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
+
+
+class Progress:
+    """Step lines with timings on stderr, so stdout stays the report."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def step(self, message: str) -> None:
+        if not self.quiet:
+            elapsed = time.perf_counter() - self.start
+            print(f"[{elapsed:6.2f}s] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return args.handler(args, Progress(args.quiet))
+    except Tm2OnnxError as err:
+        print(f"tm2onnx {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("tm2onnx: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import commands
+
+    parser = argparse.ArgumentParser(
+        prog="tm2onnx",
+        description="Export MegEngine TracedModules (.tm) to ONNX, apply deployment graph "
+                    "surgeries, and check the result against MegEngine with onnxruntime.",
+        epilog="Run 'tm2onnx COMMAND --help' for a command's options. "
+               "Exit status: 0 ok, 1 outputs differ beyond tolerance, 2 error.")
+    parser.add_argument("--version", action="version", version=f"tm2onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, handler) in commands.COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        command.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+        command.set_defaults(handler=handler)
+    return parser
+
+
+def parse_key_values(items: Sequence[str] | None, what: str) -> dict[str, str]:
+    """['a=b', 'c=d'] -> {'a': 'b', 'c': 'd'}, with a clear error for a malformed item."""
+    result: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise Tm2OnnxError(f"{what} {item!r} is not OLD=NEW", hint=f"e.g. --{what} out0=y")
+        result[key] = value
+    return result
+
+
+def csv(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def out_path(path: str) -> Path:
+    target = Path(path)
+    if target.is_dir():
+        raise Tm2OnnxError("output path is a directory", where=path, hint="give a file name")
+    return target
+
+
+def run(argv: Any = None) -> None:  # pragma: no cover - console entry
+    sys.exit(main(argv))

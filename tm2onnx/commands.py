@@ -1,0 +1,273 @@
+"""The CLI's subcommands, registered by name: each is (help, add_arguments, handler)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+
+from ._quiet import quiet_megengine
+from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
+from .errors import LoadError, Tm2OnnxError
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
+
+
+def command(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    def decorator(handler: Callable[[argparse.Namespace, Progress], int]):
+        COMMANDS[name] = (help_text, add_arguments, handler)
+        return handler
+    return decorator
+
+
+# ---- shared option groups ----------------------------------------------------------------
+def _pass_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("transforms")
+    group.add_argument("--passes", metavar="A,B,C",
+                       help="transforms to run in order (see 'tm2onnx transforms'); "
+                            "'deploy' = the default deployment pipeline")
+    group.add_argument("--rename", action="append", metavar="OLD=NEW",
+                       help="for the 'rename' pass: rename a tensor (repeatable)")
+    group.add_argument("--fp16-min-params", type=int, metavar="N",
+                       help="for 'fp16-linear': convert layers with in*out >= N "
+                            "(default 102400 = 100*1024)")
+
+
+def _validation_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("validation")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (0)")
+    group.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (1e-4)")
+    group.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (1e-4)")
+    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                       help="onnxruntime execution provider (cpu)")
+    group.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                       help="size for a symbolic input dim, e.g. --dim batch=4")
+
+
+def _dims(args: argparse.Namespace) -> dict[str, int]:
+    dims = parse_key_values(args.dim, "dim")
+    try:
+        return {name: int(size) for name, size in dims.items()}
+    except ValueError as err:
+        raise Tm2OnnxError(f"--dim sizes must be integers: {args.dim}") from err
+
+
+def _pipeline_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    if args.rename:
+        options["rename"] = {"mapping": parse_key_values(args.rename, "rename")}
+    if args.fp16_min_params is not None:
+        options["fp16-linear"] = {"min_params": args.fp16_min_params}
+    return options
+
+
+def _tolerances(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(seed=args.seed, rtol=args.rtol, atol=args.atol, device=args.device,
+                dims=_dims(args))
+
+
+def load_onnx(path: str) -> onnx.ModelProto:
+    if not Path(path).is_file():
+        raise LoadError("no such file", where=path, hint="pass the path of an .onnx model")
+    try:
+        return onnx.load(path)
+    except Exception as err:
+        raise LoadError(f"not a readable ONNX model: {err}", where=path) from err
+
+
+def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progress,
+               validate: bool) -> onnx.ModelProto:
+    """Run --passes; with `validate`, compare before/after every transform and stop at drift."""
+    from .transforms import run_pipeline
+    from .validate import against_onnx
+
+    names = csv(args.passes)
+    if not names:
+        return model
+
+    def check_step(name: str, before: onnx.ModelProto, after: onnx.ModelProto, report) -> None:
+        progress.step(str(report))
+        if validate:
+            result = against_onnx(after, before, subject=f"after {name}",
+                                  reference=f"before {name}", **_tolerances(args))
+            if not result:
+                print(result)
+                raise Tm2OnnxError(f"transform {name!r} changed the outputs beyond tolerance",
+                                   hint="drop it from --passes and report the model")
+
+    progress.step(f"running transforms: {', '.join(names)}")
+    model, _reports = run_pipeline(model, names, options=_pipeline_options(args),
+                                   on_step=check_step)
+    return model
+
+
+# ---- export --------------------------------------------------------------------------------
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="pickled TracedModule (.tm)")
+    parser.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..newest (17)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="make dim 0 symbolic")
+    parser.add_argument("--input-names", metavar="A,B", help="names for the graph inputs")
+    parser.add_argument("--output-names", metavar="Y", help="names for the graph outputs")
+    parser.add_argument("--validate", action="store_true",
+                        help="compare onnxruntime with MegEngine (and check every transform)")
+    _pass_options(parser)
+    _validation_options(parser)
+
+
+@command("export", "export a TracedModule (.tm) to ONNX, optionally transform and validate",
+         _export_arguments)
+def export_command(args: argparse.Namespace, progress: Progress) -> int:
+    from .exporter import export, load_traced, save_model
+
+    target = out_path(args.output)
+    progress.step(f"loading {args.model}")
+    with quiet_megengine():
+        traced = load_traced(args.model)
+        exprs = len(list(traced.flatten().graph.exprs()))
+        progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
+        model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                       input_names=csv(args.input_names), output_names=csv(args.output_names))
+        source = args.model
+        if args.dynamic_batch and args.validate and "batch" not in _dims(args):
+            args.dim = (args.dim or []) + ["batch=1"]
+        model = run_passes(model, args, progress, args.validate)
+        status = EXIT_OK
+        if args.validate:
+            from .validate import against_megengine
+
+            progress.step("validating with onnxruntime against MegEngine")
+            report = against_megengine(model, traced, subject=str(target),
+                                       reference=f"MegEngine ({source})", **_tolerances(args))
+            print(report)
+            status = EXIT_OK if report else EXIT_MISMATCH
+    if status != EXIT_OK:
+        print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
+        return status
+    save_model(model, target)
+    print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
+          f"opset {args.opset}")
+    return EXIT_OK
+
+
+def _param_count(model: onnx.ModelProto) -> int:
+    count = 0
+    for init in model.graph.initializer:
+        size = 1
+        for dim in init.dims:
+            size *= dim
+        count += size
+    return count
+
+
+# ---- optimize ------------------------------------------------------------------------------
+def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="any ONNX model")
+    parser.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    parser.add_argument("--validate", action="store_true",
+                        help="run onnxruntime before and after every transform; fail on drift")
+    _pass_options(parser)
+    _validation_options(parser)
+
+
+@command("optimize", "apply graph transforms to any ONNX model", _optimize_arguments)
+def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
+    from .exporter import save_model
+
+    target = out_path(args.output)
+    if not csv(args.passes):
+        raise Tm2OnnxError("no --passes given", hint="e.g. --passes deploy "
+                           "(list them with 'tm2onnx transforms')")
+    original = load_onnx(args.model)
+    model = run_passes(original, args, progress, args.validate)
+    if args.validate:
+        from .validate import against_onnx
+
+        report = against_onnx(model, original, subject=str(target), reference=args.model,
+                              **_tolerances(args))
+        print(report)
+        if not report:
+            return EXIT_MISMATCH
+    save_model(model, target)
+    print(f"wrote {target}: {len(original.graph.node)} -> {len(model.graph.node)} nodes")
+    return EXIT_OK
+
+
+# ---- validate ------------------------------------------------------------------------------
+def _validate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model to check (or a .tm: exported in memory)")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--tm", metavar="MODEL.tm",
+                           help="MegEngine reference (a pickled TracedModule)")
+    reference.add_argument("--against", metavar="REF.onnx", help="another ONNX model as reference")
+    _validation_options(parser)
+
+
+@command("validate", "compare an ONNX model with MegEngine (or another ONNX model) on "
+         "seeded random inputs", _validate_arguments)
+def validate_command(args: argparse.Namespace, progress: Progress) -> int:
+    from . import validate
+
+    if args.against:
+        report = validate.against_onnx(load_onnx(args.model), load_onnx(args.against),
+                                       subject=args.model, reference=args.against,
+                                       **_tolerances(args))
+    else:
+        report = _validate_with_megengine(args, progress)
+    print(report)
+    return EXIT_OK if report else EXIT_MISMATCH
+
+
+def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> Any:
+    from .exporter import export, load_traced
+    from .validate import against_megengine
+
+    tm_path = args.tm or (args.model if args.model.endswith(".tm") else None)
+    if tm_path is None:
+        raise Tm2OnnxError("no reference given", where=args.model,
+                           hint="add --tm MODEL.tm (MegEngine) or --against REF.onnx")
+    with quiet_megengine():
+        progress.step(f"loading {tm_path}")
+        traced = load_traced(tm_path)
+        model = load_onnx(args.model) if args.model != tm_path else export(traced)
+        progress.step("running onnxruntime and MegEngine")
+        return against_megengine(model, traced, subject=args.model,
+                                 reference=f"MegEngine ({tm_path})", **_tolerances(args))
+
+
+# ---- where / transforms ------------------------------------------------------------------------
+def _where_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="ONNX model")
+    parser.add_argument("--op", required=True, help="ONNX op type whose inputs to trace, e.g. Concat")
+
+
+@command("where", "show where each input of the matching nodes comes from (producer node and "
+         "MegEngine module)", _where_arguments)
+def where_command(args: argparse.Namespace, progress: Progress) -> int:
+    from .transforms import producers
+
+    found = producers(load_onnx(args.model), op_type=args.op)
+    if not found:
+        print(f"no {args.op} nodes in {args.model}")
+        return EXIT_OK
+    for info in found:
+        print(info)
+    return EXIT_OK
+
+
+@command("transforms", "list the available transforms with one-line descriptions",
+         lambda parser: None)
+def transforms_command(args: argparse.Namespace, progress: Progress) -> int:
+    from .transforms import DEPLOY_PIPELINE, describe
+
+    rows = describe()
+    width = max(len(name) for name, _ in rows)
+    for name, doc in rows:
+        print(f"{name:<{width}}  {doc}")
+    print(f"{'deploy':<{width}}  the default deployment pipeline: {', '.join(DEPLOY_PIPELINE)}")
+    return EXIT_OK
+
+
+__all__ = ["COMMANDS", "EXIT_ERROR"]
