@@ -165,8 +165,8 @@ def _convert_exprs(ctx: ExportContext, flat: Any) -> None:
     if unsupported:
         listing = ", ".join(unsupported)
         raise UnsupportedOpError(
-            f"{len(unsupported)} expr{'s' if len(unsupported) > 1 else ''} have no ONNX "
-            f"converter: {listing}", where=ctx.source,
+            f"{len(unsupported)} {'exprs have' if len(unsupported) > 1 else 'expr has'} no "
+            f"ONNX converter: {listing}", where=ctx.source,
             hint="add one with @function_converter/@method_converter/@module_converter "
                  "(see README#extending)")
 

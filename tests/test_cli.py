@@ -1,0 +1,159 @@
+"""The `tm2onnx` CLI end to end on real traced models in tmp_path: exit codes, reports,
+one-line errors, and no output file left behind on failure."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from tm2onnx.cli import main
+from tests.helpers import ops
+
+
+def _trace_to(path, net, *shapes):
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    net.eval()
+    inputs = [mge.Tensor(np.random.default_rng(0).random(s).astype("float32")) for s in shapes]
+    with open(path, "wb") as handle:
+        pickle.dump(tm.trace_module(net, *inputs), handle)
+    return path
+
+
+@pytest.fixture
+def scale_tm(megengine, tmp_path):
+    """The guide's absorb-constants net: Conv2d(3,16,1) then *8 then /128."""
+    import megengine.module as M
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 16, 1)
+
+        def forward(self, x):
+            return self.conv(x) * 8 / 128
+
+    return _trace_to(tmp_path / "scale.tm", Net(), (1, 3, 16, 16))
+
+
+@pytest.fixture
+def unsupported_tm(megengine, tmp_path):
+    import megengine.functional as F
+    import megengine.module as M
+
+    class Net(M.Module):
+        def forward(self, x):
+            matrix = F.eye(3).reshape(1, 3, 3)
+            return F.warp_perspective(x, matrix, (4, 4)) + 1
+
+    return _trace_to(tmp_path / "warp.tm", Net(), (1, 1, 8, 8))
+
+
+def test_export_validate_writes_model_and_report(scale_tm, tmp_path, capsys):
+    out = tmp_path / "scale.onnx"
+    assert main(["export", str(scale_tm), "-o", str(out), "--validate"]) == 0
+    report = capsys.readouterr().out
+    assert "PASS: 1/1 outputs within tolerance" in report
+    assert "seed 0" in report
+    assert ops(onnx.load(out)) == ["Conv", "Mul", "Div"]
+
+
+def test_export_with_deploy_passes_absorbs_constants(scale_tm, tmp_path, capsys):
+    out = tmp_path / "scale.onnx"
+    assert main(["export", str(scale_tm), "-o", str(out), "--passes", "deploy",
+                 "--validate"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert ops(onnx.load(out)) == ["Conv"]
+
+
+def test_export_missing_file_is_one_line_error(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(tmp_path / "nope.tm"), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "nope.tm: no such file" in err
+    assert not out.exists()
+
+
+def test_export_not_a_pickle(tmp_path, capsys):
+    bad = tmp_path / "bad.tm"
+    bad.write_text("not a pickle")
+    assert main(["export", str(bad), "-o", str(tmp_path / "x.onnx"), "-q"]) == 2
+    assert "bad.tm: cannot unpickle" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_export_unsupported_lists_expr_and_writes_nothing(unsupported_tm, tmp_path, capsys):
+    out = tmp_path / "warp.onnx"
+    assert main(["export", str(unsupported_tm), "-o", str(out), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no ONNX converter" in err and "warp_perspective" in err
+    assert "@function_converter" in err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["warp.tm"]
+
+
+def test_optimize_and_validate_against(scale_tm, tmp_path, capsys):
+    raw, lean = tmp_path / "raw.onnx", tmp_path / "lean.onnx"
+    assert main(["export", str(scale_tm), "-o", str(raw), "-q"]) == 0
+    assert main(["optimize", str(raw), "-o", str(lean), "--passes", "absorb-const",
+                 "--validate", "-q"]) == 0
+    assert main(["validate", str(lean), "--against", str(raw), "-q"]) == 0
+    assert main(["validate", str(lean), "--tm", str(scale_tm), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS") == 3
+
+
+def test_validate_fails_on_a_wrong_model(scale_tm, tmp_path, capsys):
+    raw = tmp_path / "raw.onnx"
+    assert main(["export", str(scale_tm), "-o", str(raw), "-q"]) == 0
+    model = onnx.load(raw)
+    weight = next(i for i in model.graph.initializer if i.name.endswith("weight"))
+    array = onnx.numpy_helper.to_array(weight) * 1.01
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, tmp_path / "broken.onnx")
+    assert main(["validate", str(tmp_path / "broken.onnx"), "--tm", str(scale_tm), "-q"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_rename_output_from_cli(scale_tm, tmp_path):
+    out = tmp_path / "renamed.onnx"
+    assert main(["export", str(scale_tm), "-o", str(out), "--passes", "rename", "--rename",
+                 "truediv_out=I_am_output", "-q"]) == 0
+    assert [o.name for o in onnx.load(out).graph.output] == ["I_am_output"]
+
+
+def test_bad_rename_spec_is_an_error(scale_tm, tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    assert main(["export", str(scale_tm), "-o", str(out), "--passes", "rename", "--rename",
+                 "no-equals-sign", "-q"]) == 2
+    assert "OLD=NEW" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_pass_names_known_ones(scale_tm, tmp_path, capsys):
+    assert main(["export", str(scale_tm), "-o", str(tmp_path / "x.onnx"), "--passes",
+                 "fuse-everything", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "fuse-everything" in err and "fuse-conv-bn" in err
+
+
+def test_transforms_lists_registry(capsys):
+    assert main(["transforms"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("rename", "fuse-conv-bn", "absorb-const", "cleanup", "deploy"):
+        assert name in listing
+
+
+def test_console_entry_help():
+    result = subprocess.run([sys.executable, "-m", "tm2onnx", "--help"], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0
+    for command in ("export", "optimize", "validate", "where", "transforms"):
+        assert command in result.stdout
