@@ -29,6 +29,7 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/transforms_bench.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench

@@ -89,6 +89,11 @@ def _by_mro(registry: dict[type, Converter], cls: type) -> Converter | None:
 
 
 def load_all() -> None:
-    """Import every converter module so its decorators run."""
-    from . import (activation, conv, elementwise, fused, linear, misc, norm,  # noqa: F401
-                   pool, reduce, shape)
+    """Import every converter module so its decorators run; a new converters/<family>.py
+    needs no edit here."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
