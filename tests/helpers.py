@@ -44,3 +44,15 @@ def assert_same_function(before: onnx.ModelProto, after: onnx.ModelProto, *, rto
     result = compare(run_ort(before, feeds), run_ort(after, feeds), rtol=rtol, atol=atol,
                      names=names)
     assert result, f"outputs differ:\n{result}"
+
+
+_TEXT_TYPES = {"float32": "float", "float64": "double", "int64": "int64", "int32": "int32"}
+
+
+def init_text(name: str, array: np.ndarray) -> str:
+    """An onnx.parser initializer declaration (`float[2,3] w = {...}`) holding `array` exactly,
+    so tests can put seeded random weights into parse_model text."""
+    kind = _TEXT_TYPES[np.asarray(array).dtype.name]
+    dims = f"[{','.join(map(str, array.shape))}]" if np.ndim(array) else ""
+    values = ", ".join(repr(v.item()) for v in np.asarray(array).reshape(-1))
+    return f"{kind}{dims} {name} = {{{values}}}"

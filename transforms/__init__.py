@@ -25,7 +25,7 @@ StepCallback = Callable[[str, onnx.ModelProto, onnx.ModelProto, TransformReport]
 TRANSFORMS: dict[str, TransformFn] = {}
 # What `deploy` expands to: the rewrites every deployment wants, in a safe order.
 DEPLOY_PIPELINE: tuple[str, ...] = ("fuse-conv-bn", "absorb-const", "cleanup")
-_NOT_TRANSFORMS = {"report", "patterns", "graphio"}
+_NOT_TRANSFORMS = {"report", "patterns", "graphio", "affine"}
 
 
 def transform(name: str) -> Callable[[TransformFn], TransformFn]:
@@ -80,9 +80,10 @@ def run_transform(graph: gs.Graph, name: str, **params: object) -> TransformRepo
     return _run_step(graph, name, bind(name, params))
 
 
-def _run_step(graph: gs.Graph, name: str, fn: Callable[[gs.Graph], TransformReport]
-              ) -> TransformReport:
-    nodes, params, size = graph_size(graph)
+def _run_step(graph: gs.Graph, name: str, fn: Callable[[gs.Graph], TransformReport],
+              before: tuple[int, int, int] | None = None) -> TransformReport:
+    # `before` is the previous step's `after`, so a pipeline measures the graph once per step.
+    nodes, params, size = before or graph_size(graph)
     start = time.perf_counter()
     report = fn(graph)
     if not isinstance(report, TransformReport):
@@ -109,15 +110,17 @@ def run_pipeline(model: onnx.ModelProto, names: Sequence[str], *,
     current, reports = model, []
     for name, fn in steps:
         try:
-            report = _run_step(graph, name, fn)
+            before = (reports[-1].nodes_after, reports[-1].params_after,
+                      reports[-1].bytes_after) if reports else None
+            report = _run_step(graph, name, fn, before)
             after = current
             if report.changed and (check or on_step is not None):
                 after = to_model(graph, like=model)
                 if check:
                     onnx.checker.check_model(after)
         except Exception as err:
-            ran = ", ".join(r.name for r in reports)
-            raise TransformError(f"{name} failed after [{ran}]: {err}") from err
+            ran = f"after [{', '.join(r.name for r in reports)}]" if reports else "(first step)"
+            raise TransformError(f"{name} failed {ran}: {err}") from err
         if on_step is not None:
             on_step(name, current, after, report)
         current = after

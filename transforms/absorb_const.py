@@ -4,11 +4,14 @@ weight and bias. Each op is an affine map y·s + t per output channel: `y*c`, `c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
+from .graphio import rank_finder
 from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
 from .report import TransformReport
 
@@ -21,7 +24,7 @@ def absorb_const(graph: gs.Graph) -> TransformReport:
     when 2-D) after Conv/ConvTranspose/Gemm/MatMul; refuses `c / x`, zero divisors, constants
     not per-output-channel, shared or non-constant weights, and shared intermediates."""
     report = TransformReport("absorb-const", verb="absorbed")
-    fresh = name_maker(graph)
+    fresh, rank = name_maker(graph), rank_finder(graph)
     # Graph order is topological, so a chain conv→Mul→Div folds link by link.
     for node in nodes_of(graph, *ELEMENTWISE):
         operands = _split_operands(node)
@@ -31,7 +34,7 @@ def absorb_const(graph: gs.Graph) -> TransformReport:
         source = producer(node.inputs[1 - index])
         if source is None or source.op not in LINEAR_OPS:
             continue
-        plan = _plan(graph, source, node, index, c)
+        plan = _plan(graph, source, node, index, c, rank)
         if isinstance(plan, str):
             report.skip(node, plan)
             continue
@@ -55,11 +58,11 @@ def _split_operands(node: gs.Node) -> tuple[int, np.ndarray] | None:
     return index, values[index]
 
 
-def _plan(graph: gs.Graph, source: gs.Node, node: gs.Node, index: int, c: np.ndarray
-          ) -> tuple[Linear, np.ndarray, np.ndarray] | str:
+def _plan(graph: gs.Graph, source: gs.Node, node: gs.Node, index: int, c: np.ndarray,
+          rank: Callable[[gs.Tensor], int | None]) -> tuple[Linear, np.ndarray, np.ndarray] | str:
     if reason := sole_output_reason(graph, source, node):
         return reason
-    lin = linear_of(graph, source)
+    lin = linear_of(graph, source, rank)
     if isinstance(lin, str):
         return lin
     if not np.issubdtype(c.dtype, np.floating):

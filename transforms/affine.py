@@ -36,8 +36,10 @@ def _param_reason(graph: gs.Graph, tensor: gs.Tensor, what: str) -> str | None:
     return None
 
 
-def linear_of(graph: gs.Graph, node: gs.Node) -> Linear | str:
-    """`node` as a Linear, or the reason its parameters cannot be rewritten."""
+def linear_of(graph: gs.Graph, node: gs.Node,
+              rank: Callable[[gs.Tensor], int | None] | None = None) -> Linear | str:
+    """`node` as a Linear, or the reason its parameters cannot be rewritten; `rank` (see
+    graphio.rank_finder) tells a MatMul's output rank when gs has no shape for it."""
     if node.op not in LINEAR_OPS:
         return f"{node.op} is not Conv/ConvTranspose/Gemm/MatMul"
     has_bias = node.op != "MatMul" and len(node.inputs) > 2 and node.inputs[2].name != ""
@@ -58,16 +60,10 @@ def linear_of(graph: gs.Graph, node: gs.Node) -> Linear | str:
         return Linear(node, weight, bias, channels, 2, -1)
     if weight.ndim != 2:
         return f"MatMul weight {node.inputs[1].name} is {weight.ndim}-D, not 2-D"
-    return Linear(node, weight, None, weight.shape[1], _matmul_rank(node), -1)
-
-
-def _matmul_rank(node: gs.Node) -> int | None:
-    out, x = node.outputs[0], node.inputs[0]
-    if out.shape is not None:
-        return len(out.shape)
-    if x.shape is not None:
-        return max(len(x.shape), 2) if len(x.shape) >= 2 else 1
-    return None
+    out_rank = rank(node.outputs[0]) if rank else None
+    if out_rank is None and node.outputs[0].shape is not None:
+        out_rank = len(node.outputs[0].shape)
+    return Linear(node, weight, None, weight.shape[1], out_rank, -1)
 
 
 def sole_output_reason(graph: gs.Graph, node: gs.Node, reader: gs.Node) -> str | None:

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
-from .graphio import inherit_metadata
+from .graphio import inherit_metadata, rank_finder
 from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
 from .report import TransformReport
 
@@ -29,7 +29,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
     no such producer becomes Mul+Add); refuses when params are not constant, the weight is
     shared, or the producer's output has other consumers or is a graph output."""
     report = TransformReport("fuse-conv-bn", verb="folded")
-    fresh = name_maker(graph)
+    fresh, rank = name_maker(graph), rank_finder(graph)
     for bn in nodes_of(graph, "BatchNormalization"):
         affine = _bn_params(bn)
         if isinstance(affine, str):
@@ -37,7 +37,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
             continue
         source = producer(bn.inputs[0])
         if source is not None and source.op in LINEAR_OPS:
-            lin = _foldable(graph, source, bn)
+            lin = _foldable(graph, source, bn, rank)
             if isinstance(lin, str):
                 report.skip(bn, lin)
                 continue
@@ -45,7 +45,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
             adopt_outputs(source, bn)
             report.rewrote(bn)
         elif decompose_standalone:
-            if reason := _decompose(graph, bn, *affine, fresh):
+            if reason := _decompose(graph, bn, *affine, fresh, rank(bn.inputs[0])):
                 report.skip(bn, reason)
             else:
                 report.rewrote(bn)
@@ -68,10 +68,11 @@ def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | str:
     return bn_affine(*arrays, float(bn.attrs.get("epsilon", 1e-5)))
 
 
-def _foldable(graph: gs.Graph, source: gs.Node, bn: gs.Node) -> Linear | str:
+def _foldable(graph: gs.Graph, source: gs.Node, bn: gs.Node,
+              rank: Callable[[gs.Tensor], int | None]) -> Linear | str:
     if reason := sole_output_reason(graph, source, bn):
         return reason
-    lin = linear_of(graph, source)
+    lin = linear_of(graph, source, rank)
     if isinstance(lin, str):
         return lin
     # BN normalizes axis 1; for Gemm/MatMul that is the channel (last) axis only when 2-D.
@@ -81,12 +82,12 @@ def _foldable(graph: gs.Graph, source: gs.Node, bn: gs.Node) -> Linear | str:
 
 
 def _decompose(graph: gs.Graph, bn: gs.Node, s: np.ndarray, t: np.ndarray,
-               fresh: Callable[[str], str]) -> str | None:
+               fresh: Callable[[str], str], rank: int | None) -> str | None:
     """Replace a BN that has no foldable producer by x·s + t broadcast on axis 1."""
     x = bn.inputs[0]
-    if x.shape is None:
+    if rank is None:
         return "input rank unknown, cannot broadcast scale on axis 1"
-    shape = (-1,) + (1,) * (len(x.shape) - 2)
+    shape = (-1,) + (1,) * (rank - 2)
     scaled = gs.Variable(fresh(f"{bn.name}.scaled"), dtype=x.dtype, shape=x.shape)
     mul = gs.Node("Mul", fresh(f"{bn.name}.mul"),
                   inputs=[x, gs.Constant(fresh(f"{bn.name}.s"), s.reshape(shape))],

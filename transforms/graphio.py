@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -79,3 +81,34 @@ def provenance(graph: gs.Graph, node: gs.Node | None) -> dict[str, str]:
         return {}
     meta = node_metadata(graph).get(node.name, {})
     return {key: meta[key] for key in PROVENANCE_KEYS if key in meta}
+
+
+def rank_finder(graph: gs.Graph) -> Callable[[gs.Tensor], int | None]:
+    """`rank(tensor)`: from gs's shape when known, else from ONNX shape inference, which runs
+    at most once (on first need) so passes stay linear."""
+    inferred: dict[str, int] = {}
+
+    def rank(tensor: gs.Tensor) -> int | None:
+        if tensor.shape is not None:
+            return len(tensor.shape)
+        if not inferred:
+            inferred.update(_inferred_ranks(graph))
+            inferred.setdefault("", -1)  # mark as computed even when nothing was inferred
+        return inferred.get(tensor.name)
+
+    return rank
+
+
+def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
+    # A pass may be midway (detached nodes still listed), so infer on a cleaned-up copy.
+    clean = graph.copy()
+    clean.cleanup()
+    model = gs.export_onnx(clean, do_type_check=False)
+    model.ir_version = IR_VERSION
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 — no ranks is a safe answer: callers then refuse
+        return {}
+    values = [*model.graph.value_info, *model.graph.input, *model.graph.output]
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in values
+            if v.type.tensor_type.HasField("shape")}

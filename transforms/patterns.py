@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -153,8 +154,18 @@ def constants_in(graph: gs.Graph) -> Iterable[gs.Constant]:
 def graph_size(graph: gs.Graph) -> tuple[int, int, int]:
     """(nodes, constant elements, constant bytes), from shapes so lazy values stay unloaded."""
     elements = size_bytes = 0
+    itemsizes: dict[object, int] = {}
     for const in constants_in(graph):
-        count = int(np.prod(const.shape, dtype=np.int64)) if const.shape is not None else 0
+        count = math.prod(const.shape) if const.shape is not None else 0
+        if const.dtype not in itemsizes:
+            itemsizes[const.dtype] = _itemsize(const.dtype)
         elements += count
-        size_bytes += count * np.dtype(const.dtype).itemsize if const.dtype is not None else 0
+        size_bytes += count * itemsizes[const.dtype]
     return len(graph.nodes), elements, size_bytes
+
+
+def _itemsize(dtype: object) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # an ONNX-only type (e.g. bfloat16 enum) that numpy cannot name
+        return 0

@@ -31,15 +31,15 @@ def _check_mapping(mapping: dict[str, str], tensors: dict[str, gs.Tensor]) -> No
     # Validate everything first so a refused rename leaves the graph untouched.
     missing = [old for old in mapping if old not in tensors]
     if missing:
-        raise TransformError(f"rename: no tensor named {', '.join(map(repr, missing))}",
+        raise TransformError(f"no tensor named {', '.join(map(repr, missing))}",
                              hint="see the names with `tm2onnx where` or Netron")
     empty = [old for old, new in mapping.items() if not new]
     if empty:
-        raise TransformError(f"rename: empty new name for {', '.join(map(repr, empty))}")
+        raise TransformError(f"empty new name for {', '.join(map(repr, empty))}")
     news = Counter(new for old, new in mapping.items() if old != new)
     # A name freed by this same mapping may be reused (e.g. swapping two names).
     kept = set(tensors) - {old for old, new in mapping.items() if old != new}
     taken = sorted({new for new in news if new in kept or news[new] > 1})
     if taken:
-        raise TransformError(f"rename: new name(s) already used: {', '.join(map(repr, taken))}",
+        raise TransformError(f"new name(s) already used: {', '.join(map(repr, taken))}",
                              hint="pick names not already in the graph")

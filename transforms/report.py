@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 import onnx_graphsurgeon as gs
 
 
-def _name_of(node: gs.Node | gs.Tensor | str) -> str:
+def label(node: gs.Node | gs.Tensor | str) -> str:
+    """The name reports use for a node: its name, or `Op->first_output` when unnamed."""
     if isinstance(node, str):
         return node
-    return node.name or f"<unnamed {getattr(node, 'op', 'tensor')}>"
+    if node.name or not isinstance(node, gs.Node):
+        return node.name
+    # Unnamed nodes are known by what they compute: `BatchNormalization->y`.
+    return f"{node.op}->{node.outputs[0].name}" if node.outputs else f"<unnamed {node.op}>"
 
 
 @dataclass
@@ -34,10 +38,10 @@ class TransformReport:
     modified: bool = False
 
     def rewrote(self, node: gs.Node | gs.Tensor | str) -> None:
-        self.rewritten.append(_name_of(node))
+        self.rewritten.append(label(node))
 
     def skip(self, node: gs.Node | gs.Tensor | str, reason: str) -> None:
-        self.skipped.append((_name_of(node), reason))
+        self.skipped.append((label(node), reason))
 
     skipped_node = skip
 
@@ -50,6 +54,8 @@ class TransformReport:
         return self.modified or bool(self.rewritten)
 
     def __str__(self) -> str:
+        if self.notes and not (self.rewritten or self.skipped or self.modified):
+            return f"{self.name}: " + "; ".join(self.notes)  # a query: its answer
         text = f"{self.name}: {self.verb} {len(self.rewritten)}"
         if self.skipped:
             shown = ", ".join(f"{node}: {why}" for node, why in self.skipped[:3])

@@ -1,0 +1,152 @@
+"""fuse-conv-bn: BN folded into Conv/ConvTranspose/Gemm/MatMul computes the same function, and
+refused cases leave the model byte-for-byte unchanged with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tm2onnx.transforms import run_pipeline
+from tm2onnx.transforms.fuse_conv_bn import bn_affine
+
+from tests.helpers import FP32, assert_same_function, init_text, ops, parse_model
+
+HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
+
+
+def bn_inits(rng: np.random.Generator, channels: int) -> list[str]:
+    return [init_text("s", rng.uniform(0.5, 2, channels).astype(np.float32)),
+            init_text("b", rng.uniform(-1, 1, channels).astype(np.float32)),
+            init_text("mu", rng.uniform(-1, 1, channels).astype(np.float32)),
+            init_text("var", rng.uniform(0.2, 2, channels).astype(np.float32))]
+
+
+def conv_bn_model(rng: np.random.Generator, *, op: str = "Conv", cin: int = 8, cout: int = 8,
+                  group: int = 1, bias: bool = True, eps: float = 1e-3,
+                  tail: str = "", extra_inits: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """x -> op(x, w[, bias]) -> BN(eps) -> y (then `tail` lines, which may redefine y)."""
+    shape = (cout, cin // group, 3, 3) if op == "Conv" else (cin, cout // group, 3, 3)
+    inits = [init_text("w", rng.normal(size=shape).astype(np.float32)), *bn_inits(rng, cout)]
+    if bias:
+        inits.append(init_text("cb", rng.normal(size=cout).astype(np.float32)))
+    inits += extra_inits
+    args = "x, w, cb" if bias else "x, w"
+    return parse_model(f"""{HEADER}
+    g (float[2,{cin},6,6] x) => (float[2,{cout},6,6] y) <{", ".join(inits)}> {{
+        [conv] t = {op} <group={group}, pads=[1,1,1,1]> ({args})
+        [bn] y = BatchNormalization <epsilon={eps}> (t, s, b, mu, var)
+        {tail}
+    }}""")
+
+
+@pytest.mark.parametrize("op, cin, cout, group, bias", [
+    pytest.param("Conv", 8, 8, 1, True, id="conv-g1-bias"),
+    pytest.param("Conv", 8, 12, 1, False, id="conv-g1-nobias"),
+    pytest.param("Conv", 8, 12, 4, True, id="conv-g4-bias"),
+    pytest.param("Conv", 8, 8, 8, False, id="conv-depthwise"),
+    pytest.param("ConvTranspose", 8, 6, 1, True, id="deconv-g1-bias"),
+    pytest.param("ConvTranspose", 8, 12, 4, False, id="deconv-g4-nobias"),
+])
+def test_folds_into_convolutions(rng, op, cin, cout, group, bias):
+    model = conv_bn_model(rng, op=op, cin=cin, cout=cout, group=group, bias=bias)
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == [op]
+    assert report.rewritten == ["bn"] and not report.skipped
+    assert [o.name for o in out.graph.output] == ["y"]
+    assert_same_function(model, out, **FP32)
+
+
+GEMM_CASES = [
+    pytest.param("t = Gemm <transB=1, alpha=0.5, beta=2.0> (x, w, cb)", (6, 5), True, id="transB"),
+    pytest.param("t = Gemm (x, w, cb)", (5, 6), True, id="gemm"),
+    pytest.param("t = Gemm <transB=1> (x, w)", (6, 5), False, id="gemm-nobias"),
+    pytest.param("t = MatMul (x, w)", (5, 6), False, id="matmul"),
+]
+
+
+@pytest.mark.parametrize("line, wshape, bias", GEMM_CASES)
+def test_folds_into_gemm_and_matmul(rng, line, wshape, bias):
+    inits = [init_text("w", rng.normal(size=wshape).astype(np.float32)), *bn_inits(rng, 6)]
+    if bias:
+        inits.append(init_text("cb", rng.normal(size=6).astype(np.float32)))
+    model = parse_model(f"""{HEADER}
+    g (float[3,5] x) => (float[3,6] y) <{", ".join(inits)}> {{
+        {line}
+        y = BatchNormalization <epsilon=0.01> (t, s, b, mu, var)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Gemm"] and len(report.rewritten) == 1
+    assert_same_function(model, out, **FP32)
+
+
+def test_standalone_bn_becomes_mul_add(rng):
+    model = parse_model(f"""{HEADER}
+    g (float[2,4,5,5] x) => (float[2,4,5,5] y) <{", ".join(bn_inits(rng, 4))}> {{
+        r = Relu (x)
+        y = BatchNormalization <epsilon=0.1> (r, s, b, mu, var)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Relu", "Mul", "Add"] and len(report.rewritten) == 1
+    assert_same_function(model, out, **FP32)
+
+
+def test_bn_chain_folds_twice(rng):
+    tail = "z = BatchNormalization <epsilon=0.5> (y, s, b, mu, var)"
+    model = conv_bn_model(rng, tail=tail)
+    model.graph.output[0].name = "z"
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Conv"] and len(report.rewritten) == 2
+    assert_same_function(model, out, **FP32)
+
+
+REFUSALS = [
+    pytest.param("u = Relu (t)\n y2 = Add (y, u)", "t has other consumers", id="shared-output"),
+    pytest.param("t2 = Conv <group=1, pads=[1,1,1,1]> (x, w, cb)\n y2 = Add (y, t2)",
+                 "weight w is shared with another node", id="shared-weight"),
+]
+
+
+@pytest.mark.parametrize("tail, reason", REFUSALS)
+def test_refuses_and_leaves_model_unchanged(rng, tail, reason):
+    model = conv_bn_model(rng, tail=tail)
+    model.graph.output[0].name = "y2"
+    before = model.SerializeToString()
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert report.skipped == [("bn", reason)] and not report.rewritten
+    assert out.SerializeToString() == before == model.SerializeToString()
+
+
+def test_refuses_weight_given_as_graph_input(rng):
+    model = parse_model(f"""{HEADER}
+    g (float[1,4,6,6] x, float[4,4,3,3] w) => (float[1,4,6,6] y) <{", ".join(bn_inits(rng, 4))}>
+    {{
+        t = Conv <pads=[1,1,1,1]> (x, w)
+        y = BatchNormalization (t, s, b, mu, var)
+    }}""")
+    before = model.SerializeToString()
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert report.skipped[0][1] == "weight w is a graph input"
+    assert out.SerializeToString() == before
+
+
+def test_bn_affine_uses_epsilon():
+    s, t = bn_affine(*(np.ones(1, np.float32) for _ in range(4)), epsilon=3.0)
+    np.testing.assert_allclose([s[0], t[0]], [0.5, 0.5])
+
+
+@settings(max_examples=25, deadline=None)
+@given(groups=st.sampled_from([1, 2, 4]), cin_mult=st.integers(1, 3),
+       cout_mult=st.integers(1, 3), eps=st.floats(1e-5, 0.5), bias=st.booleans(),
+       scale=st.floats(0.05, 20), seed=st.integers(0, 2**16))
+def test_property_conv_bn_mul_chain_folds_to_one_conv(groups, cin_mult, cout_mult, eps, bias,
+                                                      scale, seed):
+    rng = np.random.default_rng(seed)
+    cin, cout = groups * cin_mult, groups * cout_mult
+    model = conv_bn_model(rng, cin=cin, cout=cout, group=groups, bias=bias, eps=eps,
+                          tail="z = Mul (k, y)", extra_inits=(init_text("k", np.float32(scale)),))
+    model.graph.output[0].name = "z"
+    out, reports = run_pipeline(model, ["deploy"])
+    assert ops(out) == ["Conv"], [str(r) for r in reports]
+    assert_same_function(model, out, **FP32)

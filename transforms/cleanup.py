@@ -1,0 +1,127 @@
+"""Remove dead nodes and initializers, merge identical constants, fold constant subgraphs
+(never into a tensor larger than a size limit) and sort nodes topologically."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+
+from . import transform
+from .patterns import const_array, constants_in, is_graph_output, replace_uses
+from .report import TransformReport, label
+
+# Folding never creates a constant bigger than this or than the largest existing one.
+MIN_FOLD_LIMIT = 1 << 20
+# Ops whose output can dwarf their inputs; folded only when the result's size is known.
+_EXPANDING = frozenset({"ConstantOfShape", "Tile", "Expand"})
+
+
+@transform("cleanup")
+def cleanup(graph: gs.Graph, *, fold: bool = True, max_fold_bytes: int | None = None
+            ) -> TransformReport:
+    """Remove dead nodes, merge identical constants, fold constant subgraphs (bounded by
+    max_fold_bytes, default max(1 MiB, largest constant)) and toposort; refuses nothing."""
+    report = TransformReport("cleanup", verb="removed")
+    order = [id(n) for n in graph.nodes]
+    labels = {id(n): label(n) for n in graph.nodes}
+    merged = dedupe_constants(graph)
+    dead = _cleanup_counting(graph, labels)
+    folded: list[str] = []
+    if fold:
+        limit = max_fold_bytes if max_fold_bytes is not None else _default_limit(graph)
+        _fold(graph, limit)
+        folded = _cleanup_counting(graph, labels)
+    graph.toposort()
+    report.rewritten += merged + dead + folded
+    if report.rewritten:
+        report.note(f"merged {len(merged)} duplicate constants, removed {len(dead)} dead "
+                    f"nodes, folded {len(folded)} constant nodes")
+    report.modified = order != [id(n) for n in graph.nodes]
+    return report
+
+
+def dedupe_constants(graph: gs.Graph) -> list[str]:
+    """Point readers of byte-identical constants (same dtype and shape) at one of them."""
+    first: dict[tuple, gs.Constant] = {}
+    merged = []
+    for const in list(constants_in(graph)):
+        if is_graph_output(graph, const):
+            continue
+        values = np.ascontiguousarray(const.values)
+        digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
+        key = (values.dtype.str, values.shape, digest)
+        keep = first.setdefault(key, const)
+        if keep is not const:
+            replace_uses(const, keep)
+            merged.append(const.name)
+    return merged
+
+
+def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
+    """gs's cleanup, returning the labels (taken before folding emptied them) of removed nodes."""
+    before = [id(n) for n in graph.nodes]
+    graph.cleanup(remove_unused_graph_inputs=False)
+    kept = {id(n) for n in graph.nodes}
+    return [labels[key] for key in before if key not in kept]
+
+
+def _default_limit(graph: gs.Graph) -> int:
+    largest = max((c.values.nbytes for c in constants_in(graph)), default=0)
+    return max(MIN_FOLD_LIMIT, largest)
+
+
+def _fold(graph: gs.Graph, limit: int) -> None:
+    def too_big(node: gs.Node) -> bool:
+        size = expanded_bytes(node)
+        return size is None or size > limit
+
+    # gs warns about every node it cannot fold; a deployment log needs only our report.
+    level = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        graph.fold_constants(size_threshold=limit, should_exclude_node=lambda n: (
+            n.op in _EXPANDING and too_big(n)))
+    finally:
+        G_LOGGER.severity = level
+
+
+def _shape_of(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    value = const_array(tensor)
+    if value is not None:
+        return value.shape
+    shape = tensor.shape
+    if shape is None or any(not isinstance(d, int) for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _itemsize(tensor: gs.Tensor, default: int = 8) -> int:
+    try:
+        return np.dtype(tensor.dtype).itemsize
+    except TypeError:
+        return default
+
+
+def expanded_bytes(node: gs.Node) -> int | None:
+    """Bytes the output of a ConstantOfShape/Tile/Expand would take; None when unknowable
+    (ConstantOfShape counts 8 bytes an element: an upper bound for any value type)."""
+    if node.op == "ConstantOfShape":
+        shape = const_array(node.inputs[0])
+        return None if shape is None else int(np.prod(shape, dtype=np.int64)) * 8
+    data = _shape_of(node.inputs[0])
+    arg = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    if data is None or arg is None:
+        return None
+    if node.op == "Tile":
+        volume = int(np.prod(data, dtype=np.int64)) * int(np.prod(arg, dtype=np.int64))
+    else:
+        try:
+            volume = int(np.prod(np.broadcast_shapes(data, tuple(int(d) for d in arg))))
+        except ValueError:
+            return None
+    return volume * _itemsize(node.inputs[0])
+
+
