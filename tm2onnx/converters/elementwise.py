@@ -1,5 +1,6 @@
 """Binary arithmetic and comparisons: tensor operators (incl. reversed `8*x`, `1-x`), their
-F.* counterparts, and the MegEngine semantics ONNX lacks (floor division, Python-style %)."""
+F.* counterparts, and MegEngine semantics ONNX spells differently (floor division; % that
+is Python's on integers but C's fmod on floats)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ ARITHMETIC = {"add": "Add", "sub": "Sub", "mul": "Mul", "truediv": "Div", "pow":
 COMPARISON = {"lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
               "eq": "Equal"}
 LOGICAL = {"and": "And", "or": "Or", "xor": "Xor"}
+BOOLEAN_OPS = {*COMPARISON.values(), *LOGICAL.values()}
 
 
 def _is_node(value: Any) -> bool:
@@ -45,16 +47,18 @@ def operand(ctx: ExportContext, value: Any, dtype: np.dtype) -> Any:
 def emit_binary(ctx: ExportContext, expr: Any, op: str, lhs: Any, rhs: Any) -> None:
     result = out_dtype(expr)
     dtype = compute_dtype(lhs, rhs, result)
-    if op == "Div" and dtype.kind in "iub":
-        dtype = result  # true division of ints gives floats
+    if result.kind == "f" and dtype.kind in "iub":
+        dtype = result  # int / int and int ** int give floats: 2 ** -3 must not truncate to 0
     a, b = operand(ctx, lhs, dtype), operand(ctx, rhs, dtype)
-    if op in ("FloorDiv", "PyMod"):
-        value = _floor_div(ctx, a, b, dtype) if op == "FloorDiv" else _py_mod(ctx, a, b, dtype)
+    if op in ("FloorDiv", "Mod"):
+        value = _floor_div(ctx, a, b, dtype) if op == "FloorDiv" else _mod(ctx, a, b, dtype)
         return _finish(ctx, expr, value, dtype, result)
-    if result == dtype or result == np.bool_:
+    # comparisons give bool, but M.Elemwise("lt") is recorded as float 0/1 and needs a Cast
+    have = np.dtype(np.bool_) if op in BOOLEAN_OPS else dtype
+    if result == have:
         ctx.emit(op, [a, b], expr.outputs)
         return None
-    return _finish(ctx, expr, ctx.op(op, [a, b]), dtype, result)
+    return _finish(ctx, expr, ctx.op(op, [a, b]), have, result)
 
 
 def _finish(ctx: ExportContext, expr: Any, value: Any, have: np.dtype, want: np.dtype) -> None:
@@ -72,11 +76,10 @@ def _floor_div(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
     return ctx.op("Cast", [floored], to=onnx_dtype(dtype))
 
 
-def _py_mod(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
-    if dtype.kind in "iu":
-        return ctx.op("Mod", [a, b], fmod=0)  # integer Mod takes the divisor's sign, like Python
-    quotient = ctx.op("Floor", [ctx.op("Div", [a, b])])
-    return ctx.op("Sub", [a, ctx.op("Mul", [quotient, b])])
+def _mod(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
+    # MegEngine's MOD follows the divisor's sign on integers (Python) but the dividend's on
+    # floats (C fmod: -3.5 % 2 == -1.5), which are ONNX Mod's fmod=0 and fmod=1.
+    return ctx.op("Mod", [a, b], fmod=0 if dtype.kind in "iu" else 1)
 
 
 def _method(op: str, reverse: bool = False):
@@ -89,13 +92,15 @@ def _method(op: str, reverse: bool = False):
 
 
 for _name, _op in {**ARITHMETIC, **COMPARISON, **LOGICAL,
-                   "floordiv": "FloorDiv", "mod": "PyMod"}.items():
+                   "floordiv": "FloorDiv", "mod": "Mod"}.items():
     method_converter(f"__{_name}__")(_method(_op))
     if _name not in COMPARISON:
         method_converter(f"__r{_name}__")(_method(_op, reverse=True))
+        method_converter(f"__i{_name}__")(_method(_op))  # `x += y` traces as __iadd__
 
 
 @method_converter("__ne__")
+@function_converter(F.not_equal)
 def not_equal(ctx: ExportContext, expr: Any) -> None:
     lhs, rhs = expr.args[0], expr.args[1]
     dtype = compute_dtype(lhs, rhs, np.dtype(np.float32))
@@ -110,7 +115,7 @@ def _function(op: str):
 
 
 for _func, _op in {F.add: "Add", F.sub: "Sub", F.mul: "Mul", F.div: "Div", F.pow: "Pow",
-                   F.floor_div: "FloorDiv", F.mod: "PyMod", F.maximum: "Max",
+                   F.floor_div: "FloorDiv", F.mod: "Mod", F.maximum: "Max",
                    F.minimum: "Min", F.less: "Less", F.less_equal: "LessOrEqual",
                    F.greater: "Greater", F.greater_equal: "GreaterOrEqual", F.equal: "Equal",
                    F.logical_and: "And", F.logical_or: "Or", F.logical_xor: "Xor"}.items():
