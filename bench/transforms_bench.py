@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Row, check, print_table, timed  # noqa: E402
-from tm2onnx.transforms import run_pipeline  # noqa: E402
+from tm2onnx.transforms import run_pipeline
+
+from bench.common import Row, check, print_table, timed
 
 CHANNELS = 4
 PEERS = ("onnxslim", "onnxsim", "onnxoptimizer")
@@ -67,8 +68,8 @@ def scaling_rows(sizes: list[int], runs: int) -> list[Row]:
     rows, pipeline_s, bare_s = [], {}, {}
     for size in sizes:
         model = ladder(size)
-        pipeline_s[size] = timed(lambda: run_pipeline(model, ["deploy"]), runs=runs).median
-        bare_s[size] = timed(lambda: gs_round_trip(model), runs=runs).median
+        pipeline_s[size] = timed(lambda m=model: run_pipeline(m, ["deploy"]), runs=runs).median
+        bare_s[size] = timed(lambda m=model: gs_round_trip(m), runs=runs).median
         after = run_pipeline(model, ["deploy"])[0]
         rows.append(Row("scaling", f"deploy on {size:,}-node ladder",
                         f"{pipeline_s[size]:.3f} s (gs round trip {bare_s[size]:.3f} s), "
@@ -85,9 +86,8 @@ def scaling_rows(sizes: list[int], runs: int) -> list[Row]:
 
 
 def model_rows(names: list[str]) -> list[Row]:
-    from models.make_models import build
-
     import tm2onnx
+    from models.make_models import build
 
     rows = []
     for name in names:
@@ -102,10 +102,10 @@ def model_rows(names: list[str]) -> list[Row]:
 
 
 def latency_rows(runs: int) -> list[Row]:
-    from models.make_models import build
+    from tm2onnx.runtime import make_session, random_feeds
 
     import tm2onnx
-    from tm2onnx.runtime import make_session, random_feeds
+    from models.make_models import build
 
     traced, _ = build("resnet50")
     raw = tm2onnx.export(traced)

@@ -22,7 +22,7 @@ class OutputDiff:
     def row(self) -> str:
         status = "ok" if self.passed else "FAIL"
         detail = f"  {self.problem}" if self.problem else ""
-        return (f"{self.name:<28} {str(self.shape):<20} {self.dtype:<8} {self.max_abs:>10.3g} "
+        return (f"{self.name:<28} {self.shape!s:<20} {self.dtype:<8} {self.max_abs:>10.3g} "
                 f"{self.mean_abs:>10.3g} {self.max_rel:>10.3g}  {status}{detail}")
 
 

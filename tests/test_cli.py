@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
-from tm2onnx.cli import main
 from tests.helpers import ops
+from tm2onnx.cli import main
 
 
 def _trace_to(path, net, *shapes):
@@ -157,3 +157,78 @@ def test_console_entry_help():
     assert result.returncode == 0
     for command in ("export", "optimize", "validate", "where", "transforms"):
         assert command in result.stdout
+
+
+@pytest.fixture
+def big_linear_tm(megengine, tmp_path):
+    """The guide's fp16 net, narrowed: Linear(3,64) -> Linear(64,2048); only the second has
+    in*out >= 100*1024."""
+    import megengine.module as M
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear_0 = M.Linear(3, 64)
+            self.linear_1 = M.Linear(64, 2048)
+
+        def forward(self, x):
+            return self.linear_1(self.linear_0(x))
+
+    return _trace_to(tmp_path / "linear.tm", Net(), (1, 3))
+
+
+def test_export_fp16_linear_validates_at_fp16_tolerance(big_linear_tm, tmp_path, capsys):
+    out = tmp_path / "half.onnx"
+    assert main(["export", str(big_linear_tm), "-o", str(out), "--passes", "fp16-linear",
+                 "--validate", "-q"]) == 0
+    report = capsys.readouterr().out
+    assert "atol=0.05" in report and "PASS" in report
+    model = onnx.load(out)
+    halves = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    assert halves == {"linear_1.weight", "linear_1.bias"}
+    assert ops(model).count("Cast") == 2
+
+
+def test_fp16_min_params_option_reaches_the_transform(big_linear_tm, tmp_path):
+    out = tmp_path / "half.onnx"
+    assert main(["export", str(big_linear_tm), "-o", str(out), "--passes", "fp16-linear",
+                 "--fp16-min-params", "100", "-q"]) == 0
+    model = onnx.load(out)
+    halves = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert len(halves) == 4
+
+
+def test_optimize_wrap_steps(scale_tm, tmp_path):
+    raw, wrapped = tmp_path / "raw.onnx", tmp_path / "wrapped.onnx"
+    assert main(["export", str(scale_tm), "-o", str(raw), "-q"]) == 0
+    assert main(["optimize", str(raw), "-o", str(wrapped), "--passes", "wrap",
+                 "--wrap-steps", "uint8 nhwc scale:1/255", "--validate", "-q"]) == 0
+    model = onnx.load(wrapped)
+    graph_input = model.graph.input[0]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [1, 16, 16, 3]
+
+
+def test_where_names_megengine_modules(megengine, tmp_path, capsys):
+    import megengine.functional as F
+    import megengine.module as M
+
+    class Net(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = M.Conv2d(3, 16, 1, bias=False)
+            self.bn = M.BatchNorm2d(16)
+            self.conv_bn = M.Sequential(M.Conv2d(16, 16, 1, bias=False), M.BatchNorm2d(16))
+
+        def forward(self, x):
+            x0 = self.bn(self.conv(x))
+            return F.concat((x0, self.conv_bn(x0)), 1)
+
+    path = _trace_to(tmp_path / "cat.tm", Net(), (1, 3, 16, 16))
+    out = tmp_path / "cat.onnx"
+    assert main(["export", str(path), "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["where", str(out), "--op", "Concat"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert "module=bn," in lines[0] and "module=conv_bn.1," in lines[1]

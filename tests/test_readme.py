@@ -13,7 +13,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
 
 
 def test_readme_python_blocks_run(megengine, tmp_path):
@@ -34,5 +34,5 @@ def test_readme_lists_every_transform():
 def test_readme_commands_exist():
     from tm2onnx.commands import COMMANDS
 
-    for command in re.findall(r"^tm2onnx (\w+)", README, flags=re.M):
+    for command in re.findall(r"^tm2onnx (\w+)", README, flags=re.MULTILINE):
         assert command in COMMANDS, command

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import Tm2OnnxError  # noqa: E402
+from .errors import Tm2OnnxError
 
 
 def __getattr__(name: str):

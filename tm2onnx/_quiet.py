@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 _BANNER_MARKERS = ("Failed to load CUDA driver", "failed to load cuda func", "works under CPU mode",
                    "To use CUDA mode", "discuss.megengine.org.cn", "++++++++++")

@@ -3,7 +3,8 @@ compile-time known values (static shapes, constants), unique names and provenanc
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -91,7 +92,7 @@ class ExportContext:
         return self.const(np.asarray(value, dtype=dtype))
 
     def const(self, array: Any, name: str | None = None) -> gs.Constant:
-        array = np.ascontiguousarray(np.asarray(array))
+        array = np.asarray(array, order="C")  # ascontiguousarray would make 0-d arrays 1-d
         if name is None:
             self._const_count += 1
             name = f"{self.base_name}.const{self._const_count}"

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 ONNXRUNTIME_IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.23 accepts at most 11
 BATCH_DIM = "batch"
+SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference must read
 
 
 def load_traced(path: str | os.PathLike) -> Any:
@@ -57,7 +59,7 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
     graph_inputs = _bind_inputs(ctx, flat, input_names)
     _convert_exprs(ctx, flat)
-    graph_outputs = _bind_outputs(ctx, flat, output_names)
+    graph_outputs = _bind_outputs(ctx, flat, output_names, graph_inputs)
     ctx.graph.inputs, ctx.graph.outputs = graph_inputs, graph_outputs
     return _finish(ctx)
 
@@ -121,17 +123,18 @@ def _bind_inputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> 
     return variables
 
 
-def _bind_outputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> list:
+def _bind_outputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None,
+                  graph_inputs: list) -> list:
     nodes = flat.graph.outputs
     names = _check_names(names, len(nodes), "output", ctx.source)
-    inputs = set(id(v) for v in ctx.graph.inputs)
+    inputs = {id(v) for v in graph_inputs}
     ctx.expr, ctx.module_path = None, ""
     outputs, seen = [], set()
     for index, node in enumerate(nodes):
         tensor = ctx.value_of(node)
         wanted = names[index] if names else node.name
         if isinstance(tensor, gs.Constant) or id(tensor) in seen or id(tensor) in inputs:
-            identity = gs.Variable(ctx.unique(wanted), dtype=tensor.dtype)
+            identity = gs.Variable(ctx.unique(wanted), dtype=tensor.dtype, shape=tensor.shape)
             ctx.graph.nodes.append(gs.Node("Identity", name=ctx.node_name(f"{wanted}/Identity"),
                                            inputs=[tensor], outputs=[identity]))
             tensor = identity
@@ -183,11 +186,33 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
     if ctx.dynamic_batch:
         _fill_output_types(model)
     try:
-        onnx.checker.check_model(model, full_check=True)
+        check_structure(model)
     except Exception as err:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
     return model
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """onnx.checker with full shape inference on the model's structure: large initializers
+    (weights) become typed graph inputs, so the checker need not serialize megabytes of them (a
+    quarter of ResNet-50's export time); small ones (shapes, sizes, axes) stay, as shape
+    inference reads their values. The weight bytes themselves come straight from numpy."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
+    skeleton.opset_import.extend(model.opset_import)
+    graph = skeleton.graph
+    graph.name = model.graph.name
+    graph.node.extend(model.graph.node)
+    graph.input.extend(model.graph.input)
+    graph.output.extend(model.graph.output)
+    graph.value_info.extend(model.graph.value_info)
+    for init in model.graph.initializer:
+        if np.prod(init.dims, dtype=np.int64) <= SMALL_INITIALIZER:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                                  init.dims))
+    onnx.checker.check_model(skeleton, full_check=True)
 
 
 def _fill_output_types(model: onnx.ModelProto) -> None:

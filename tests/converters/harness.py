@@ -3,7 +3,8 @@ every output with MegEngine at a named tolerance; return the ONNX model for stru
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -57,3 +58,51 @@ def _wrapped(inner: Any) -> Any:
             return self.net(*inputs)
 
     return Wrapper()
+
+
+def function_net(fn: Callable[..., Any]) -> Any:
+    """A module whose forward is `fn(F, *inputs)`: how functions and operators are traced."""
+    import megengine.functional as F
+
+    return functional_net(lambda self, *inputs: fn(F, *inputs))()
+
+
+def lambda_net(fn: Callable[..., Any]) -> Any:
+    """A module whose forward is `fn(*inputs)`."""
+    return functional_net(lambda self, *inputs: fn(*inputs))()
+
+
+def functional_net(fn: Callable[..., Any], **tensors: np.ndarray) -> Callable[[], Any]:
+    """A factory of modules whose forward is `fn(self, *inputs)`; `tensors` become attributes
+    (constants at export time). MegEngine is imported only when the factory runs."""
+
+    def factory() -> Any:
+        import megengine as mge
+        import megengine.module as M
+
+        class Net(M.Module):
+            def __init__(self):
+                super().__init__()
+                for name, value in tensors.items():
+                    setattr(self, name, mge.Tensor(value))
+
+            def forward(self, *inputs):
+                return fn(self, *inputs)
+
+        return Net()
+
+    return factory
+
+
+def randomized(module: Any, seed: int = 0) -> Any:
+    """Random weight/bias/running stats on a norm module (variance kept positive), so folding
+    or eps mistakes show in the numbers."""
+    import megengine as mge
+
+    rng = np.random.default_rng(seed)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        value = getattr(module, name, None)
+        if value is not None:
+            low, high = (0.5, 2.0) if name == "running_var" else (-1.5, 1.5)
+            value[...] = mge.Tensor(rng.uniform(low, high, value.shape).astype("float32"))
+    return module

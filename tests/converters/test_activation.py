@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-from tests.converters.test_elementwise import function_net
+from tests.converters.harness import export_and_compare, function_net
 
 X = (2, 3, 4)
 NCHW = (2, 3, 4, 5)

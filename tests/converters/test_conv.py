@@ -29,6 +29,18 @@ CASES = [
                  "ConvTranspose", id="deconv"),
     pytest.param(lambda M: M.ConvTranspose2d(4, 8, 2, stride=2, groups=2, bias=False),
                  (1, 4, 5, 5), "ConvTranspose", id="deconv-g2"),
+    pytest.param(lambda M: M.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
+                 (1, 4, 7, 7), "ConvTranspose", id="deconv-output-padding"),
+    pytest.param(lambda M: M.Conv2d(3, 4, 3, padding=2, padding_mode="reflect"), (1, 3, 8, 9),
+                 "Pad", id="conv-reflect"),
+    pytest.param(lambda M: M.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"),
+                 (1, 3, 8, 9), "Pad", id="conv-replicate"),
+    pytest.param(lambda M: M.Conv1d(3, 4, 3, padding=1, padding_mode="reflect"), (1, 3, 9),
+                 "Pad", id="conv1d-reflect"),
+    pytest.param(lambda M: M.Conv3d(3, 4, 3, padding=1, stride=(1, 2, 2)), (1, 3, 5, 8, 8),
+                 "Conv", id="conv3d"),
+    pytest.param(lambda M: M.ConvTranspose3d(3, 4, 2, stride=2), (1, 3, 3, 4, 4),
+                 "ConvTranspose", id="deconv3d"),
 ]
 
 
@@ -53,3 +65,12 @@ def test_functional_conv2d(megengine):
             return F.conv2d(x, self.w, self.b, stride=2, padding=1)
 
     export_and_compare(Net, [(1, 3, 12, 12)], expect_ops=["Conv"])
+
+
+def test_local_conv_is_refused_not_converted_as_conv(megengine):
+    import megengine.module as M
+
+    from tm2onnx.errors import ConversionError
+
+    with pytest.raises(ConversionError, match="LocalConv2d .* has no ONNX operator"):
+        export_and_compare(lambda: M.LocalConv2d(2, 4, 6, 6, 3), [(1, 2, 6, 6)])

@@ -7,20 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-
-
-def function_net(fn):
-    """A module whose forward is `fn(F, *inputs)`: how functions and operators are traced."""
-    import megengine.functional as F
-    import megengine.module as M
-
-    class FunctionNet(M.Module):
-        def forward(self, *inputs):
-            return fn(F, *inputs)
-
-    return FunctionNet()
-
+from tests.converters.harness import export_and_compare, function_net
 
 X = (2, 3, 4)
 ROW = (1, 1, 4)

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.converters.harness import export_and_compare
-from tests.converters.test_norm import randomized
+from tests.converters.harness import export_and_compare, randomized
 
 
 def _randomize_all(module: Any) -> Any:
@@ -64,25 +63,14 @@ def test_fused_module(megengine, factory, shape, ops):
             assert epsilon == pytest.approx(factory(M).bn.eps)
 
 
-def test_fused_refuses_output_padding(megengine):
+def test_fused_conv_transpose_with_output_padding(megengine):
     import megengine.module as M
-    import megengine.traced_module as tm
-    import numpy as np
 
-    import tm2onnx
-    from tm2onnx.errors import ConversionError
-
-    class Net(M.Module):
-        def __init__(self):
-            super().__init__()
-            self.block = M.ConvTransposeBnRelu2d(2, 2, 3, stride=2, output_padding=1)
-
-        def forward(self, x):
-            return self.block(x)
-
-    traced = tm.trace_module(Net(), megengine.Tensor(np.ones((1, 2, 4, 4), "float32")))
-    with pytest.raises(ConversionError, match="block.*output_padding"):
-        tm2onnx.export(traced)
+    model = export_and_compare(
+        lambda: _randomize_all(M.ConvTransposeBnRelu2d(2, 2, 3, stride=2, output_padding=1)),
+        [(1, 2, 4, 4)], expect_ops=["ConvTranspose", "BatchNormalization", "Relu"])
+    deconv = next(n for n in model.graph.node if n.op_type == "ConvTranspose")
+    assert {a.name: list(a.ints) for a in deconv.attribute}["output_padding"] == [1, 1]
 
 
 OPTION_CASES = [

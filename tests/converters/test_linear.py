@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-from tests.converters.test_norm import functional_net, randomized
+from tests.converters.harness import export_and_compare, functional_net, randomized
 
 LINEAR_CASES = [
     pytest.param(lambda M: M.Linear(6, 4), (3, 6), ["Gemm"], id="2d-bias"),

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-from tests.converters.test_reduce import lambda_net
+from tests.converters.harness import export_and_compare, lambda_net
 from tests.helpers import FP32, assert_matches, run_ort
 
 IMAGE = (2, 3, 5, 7)

@@ -9,42 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-
-
-def randomized(module: Any, seed: int = 0) -> Any:
-    """Random weight/bias/running stats on a norm module (variance kept positive)."""
-    import megengine as mge
-
-    rng = np.random.default_rng(seed)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        value = getattr(module, name, None)
-        if value is not None:
-            low, high = (0.5, 2.0) if name == "running_var" else (-1.5, 1.5)
-            value[...] = mge.Tensor(rng.uniform(low, high, value.shape).astype("float32"))
-    return module
-
-
-def functional_net(fn: Callable[..., Any], **tensors: np.ndarray) -> Callable[[], Any]:
-    """A factory of modules whose forward is `fn(self, *inputs)`; `tensors` become attributes
-    (constants at export time). MegEngine is imported only when the factory runs."""
-
-    def factory() -> Any:
-        import megengine as mge
-        import megengine.module as M
-
-        class Net(M.Module):
-            def __init__(self):
-                super().__init__()
-                for name, value in tensors.items():
-                    setattr(self, name, mge.Tensor(value))
-
-            def forward(self, *inputs):
-                return fn(self, *inputs)
-
-        return Net()
-
-    return factory
+from tests.converters.harness import export_and_compare, functional_net, randomized
 
 
 def _stats(channels: int, seed: int, shape: tuple[int, ...] | None = None) -> dict:

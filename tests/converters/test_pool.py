@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
-from tests.converters.test_norm import functional_net
+from tests.converters.harness import export_and_compare, functional_net
 
 POOL_CASES = [
     pytest.param(lambda M: M.MaxPool2d(3, 2, 1), (1, 3, 9, 9), "MaxPool", id="max-k3s2p1"),

@@ -6,21 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare
+from tests.converters.harness import export_and_compare, lambda_net
 from tests.helpers import FP32, assert_matches, run_ort
 
 X = (2, 3, 4)
 INTS = np.random.default_rng(3).integers(-5, 6, size=(2, 3, 4)).astype(np.int32)
-
-
-def lambda_net(fn):
-    import megengine.module as M
-
-    class Net(M.Module):
-        def forward(self, *inputs):
-            return fn(*inputs)
-
-    return Net()
 
 
 def _f():

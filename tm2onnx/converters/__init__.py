@@ -4,7 +4,8 @@ function calls keyed by the function object, tensor methods keyed by method name
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from megengine.traced_module.expr import Apply, CallFunction, CallMethod
 from megengine.traced_module.node import ModuleNode

@@ -11,15 +11,13 @@ from typing import Any
 import megengine.module as M
 
 from ..context import ExportContext
-from ..errors import ConversionError
 from . import module_converter
-from ._util import cast_if_needed, out_dtype, pair, tensor_dtype
-from .conv import conv_bias, emit_conv
+from ._util import cast_if_needed, out_dtype, tensor_dtype
+from .conv import emit_conv_module
 from .linear import emit_linear, linear_arrays
 from .norm import bn_params, emit_batch_norm
 
 Step = Callable[[ExportContext, Any, list], None]  # (ctx, input tensor, outputs)
-PAD_MODES = {"reflect": "reflect", "replicate": "edge"}  # MegEngine -> ONNX Pad mode
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,39 +46,8 @@ def _chain(ctx: ExportContext, expr: Any, steps: list[tuple[str, Step]]) -> None
 
 def _conv_step(conv: Any, prefix: str, *, transpose: bool) -> Step:
     def step(ctx: ExportContext, x: Any, outputs: list) -> None:
-        _check_conv(ctx, conv, transpose)
-        padding = conv.padding
-        mode = getattr(conv, "padding_mode", "zeros")
-        if mode != "zeros":  # MegEngine pads explicitly, then convolves without padding
-            ph, pw = pair(padding)
-            x = ctx.op("Pad", [x, ctx.shape_const([0, 0, ph, pw, 0, 0, ph, pw])],
-                       mode=PAD_MODES[mode])
-            padding = 0
-        dtype = out_dtype(ctx.expr)
-        weight = conv.weight.numpy().astype(dtype)
-        if conv.groups > 1 and weight.ndim == 5:  # (G, O/G, I/G, kh, kw) -> (O, I/G, kh, kw)
-            weight = weight.reshape(-1, *weight.shape[2:])
-        bias = conv_bias(conv)
-        bias = None if bias is None else bias.astype(dtype)
-        emit_conv(ctx, x, ctx.param(f"{prefix}weight", weight),
-                  None if bias is None else ctx.param(f"{prefix}bias", bias), outputs,
-                  spatial=2, stride=conv.stride, padding=padding, dilation=conv.dilation,
-                  groups=conv.groups, transpose=transpose)
+        emit_conv_module(ctx, conv, x, outputs, spatial=2, transpose=transpose, prefix=prefix)
     return step
-
-
-def _check_conv(ctx: ExportContext, conv: Any, transpose: bool) -> None:
-    if "cross" not in str(getattr(conv, "conv_mode", "cross_correlation")).lower():
-        raise ConversionError(f"{ctx.module_path}: conv_mode={conv.conv_mode} has no ONNX "
-                              "form", where=ctx.source, hint="use conv_mode='cross_correlation'")
-    if transpose and any(pair(getattr(conv, "output_padding", 0))):
-        raise ConversionError(f"{ctx.module_path}: output_padding={conv.output_padding} is "
-                              "not supported in fused ConvTranspose modules", where=ctx.source,
-                              hint="use output_padding=0")
-    mode = getattr(conv, "padding_mode", "zeros")
-    if mode != "zeros" and mode not in PAD_MODES:
-        raise ConversionError(f"{ctx.module_path}: padding_mode={mode!r} is not supported",
-                              where=ctx.source, hint=f"use 'zeros' or one of {list(PAD_MODES)}")
 
 
 def _linear_step(linear: Any, prefix: str, rank: int) -> Step:
