@@ -15,7 +15,7 @@ def rng() -> np.random.Generator:
 
 def _megengine_or_fail():
     try:
-        import megengine  # noqa: F401
+        import megengine
     except ImportError as err:
         if os.environ.get("CI"):
             pytest.fail(f"MegEngine is required under CI=true but missing: {err}")

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx.parser
-
 from tm2onnx.runtime import compare, random_feeds, run_model
 
-FP32 = dict(rtol=1e-4, atol=1e-5)
-FP16 = dict(rtol=1e-2, atol=5e-2)
+FP32 = {"rtol": 1e-4, "atol": 1e-5}
+FP16 = {"rtol": 1e-2, "atol": 5e-2}
 ORT_IR_VERSION = 10
 
 
