@@ -158,6 +158,7 @@ class ExportContext:
         outputs = self.expr.outputs
         return {"module": self.module_path,
                 "qualname": outputs[0].qualname if outputs else "",
+                "orig_name": orig_name(outputs[0]) if outputs else "",
                 "expr": _expr_text(self.expr)}
 
 
@@ -174,6 +175,16 @@ def _const_name(node: Any) -> str:
     # Net.conv_bn.0.weight -> conv_bn.0.weight; Net.[const_tensor] -> const_tensor
     tail = qualname.split(".", 1)[1] if "." in qualname else qualname
     return tail.replace("[", "").replace("]", "") or node.name
+
+
+def orig_name(node: Any) -> str:
+    """What older MegEngine called `_orig_name`: `conv_bn.1_out` for the output of module
+    `conv_bn.1` (qualname `Net.conv_bn.1.[out]`), else the node's own name."""
+    _, _, rest = (getattr(node, "qualname", "") or "").partition(".")
+    path, sep, leaf = rest.rstrip("]").rpartition(".[")
+    if sep and path:
+        return f"{path}_{leaf}"
+    return node.name
 
 
 def _expr_text(expr: Any) -> str:

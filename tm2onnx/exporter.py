@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
     _check_opset(opset, source)
     traced = _as_traced(model, example_inputs, source)
     traced.eval()
+    if dynamic_batch and any(node.shape and node.shape[0] == 1
+                             for node in traced.graph.inputs[1:]):
+        warnings.warn(f"{source}: traced at batch size 1 but exported with a dynamic batch; "
+                      "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
+                      "at batch > 1 to be sure", stacklevel=2)
     flat = traced.flatten()
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
     graph_inputs = _bind_inputs(ctx, flat, input_names)
