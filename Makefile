@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@mkdir -p out
 	$(VENV)/bin/tm2onnx export $(MODEL) -o out/demo.onnx --passes deploy --validate
+	$(VENV)/bin/tm2onnx where out/demo.onnx --op Concat
 
 test: $(STAMP)
 	$(PY) -m pytest -q

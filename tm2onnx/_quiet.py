@@ -35,3 +35,12 @@ def quiet_megengine() -> Iterator[None]:
                     if line.strip() and not _is_banner(line)]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
+
+
+def silence_megengine_banner() -> None:
+    """Import MegEngine and touch the device once with fd 2 redirected: the banner appears only
+    on the first device use in a process, so later output needs no redirection."""
+    with quiet_megengine():
+        import megengine
+
+        (megengine.Tensor([0.0]) + 1).numpy()

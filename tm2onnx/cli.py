@@ -24,6 +24,7 @@ class Progress:
 
     def step(self, message: str) -> None:
         if not self.quiet:
+            sys.stdout.flush()  # keep the report and the progress lines in order on a terminal
             elapsed = time.perf_counter() - self.start
             print(f"[{elapsed:6.2f}s] {message}", file=sys.stderr, flush=True)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import onnx
 
-from ._quiet import quiet_megengine
+from ._quiet import silence_megengine_banner
 from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
 from .errors import LoadError, Tm2OnnxError
 
@@ -159,31 +159,31 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     from .exporter import export, load_traced, save_model
 
     target = out_path(args.output)
+    if args.validate and NOT_COMPARABLE.intersection(_expanded_passes(args)):
+        raise Tm2OnnxError("--validate cannot compare a wrapped model with MegEngine",
+                           hint="export with --validate first, then run 'tm2onnx optimize "
+                                "--passes wrap'")
     progress.step(f"loading {args.model}")
-    with quiet_megengine():
-        traced = load_traced(args.model)
-        exprs = len(list(traced.flatten().graph.exprs()))
-        progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
-        model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                       input_names=csv(args.input_names), output_names=csv(args.output_names))
-        source = args.model
-        if args.dynamic_batch and args.validate and "batch" not in _dims(args):
-            args.dim = (args.dim or []) + ["batch=1"]
-        model = run_passes(model, args, progress, args.validate)
-        status = EXIT_OK
-        if args.validate:
-            from .validate import against_megengine
+    silence_megengine_banner()
+    traced = load_traced(args.model)
+    exprs = sum(1 for _ in traced.graph.exprs(recursive=True))
+    progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
+    model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                   input_names=csv(args.input_names), output_names=csv(args.output_names))
+    source = args.model
+    if args.dynamic_batch and args.validate and "batch" not in _dims(args):
+        args.dim = (args.dim or []) + ["batch=1"]
+    model = run_passes(model, args, progress, args.validate)
+    status = EXIT_OK
+    if args.validate:
+        from .validate import against_megengine
 
-            progress.step("validating with onnxruntime against MegEngine")
-            if NOT_COMPARABLE.intersection(_expanded_passes(args)):
-                raise Tm2OnnxError("--validate cannot compare a wrapped model with MegEngine",
-                                   hint="validate the export first, then run 'optimize' "
-                                        "--passes wrap")
-            report = against_megengine(model, traced, subject=str(target),
-                                       reference=f"MegEngine ({source})",
-                                       **_tolerances(args, _expanded_passes(args)))
-            print(report)
-            status = EXIT_OK if report else EXIT_MISMATCH
+        progress.step("validating with onnxruntime against MegEngine")
+        report = against_megengine(model, traced, subject=str(target),
+                                   reference=f"MegEngine ({source})",
+                                   **_tolerances(args, _expanded_passes(args)))
+        print(report)
+        status = EXIT_OK if report else EXIT_MISMATCH
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
@@ -270,13 +270,13 @@ def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> An
     if tm_path is None:
         raise Tm2OnnxError("no reference given", where=args.model,
                            hint="add --tm MODEL.tm (MegEngine) or --against REF.onnx")
-    with quiet_megengine():
-        progress.step(f"loading {tm_path}")
-        traced = load_traced(tm_path)
-        model = load_onnx(args.model) if args.model != tm_path else export(traced)
-        progress.step("running onnxruntime and MegEngine")
-        return against_megengine(model, traced, subject=args.model,
-                                 reference=f"MegEngine ({tm_path})", **_tolerances(args))
+    silence_megengine_banner()
+    progress.step(f"loading {tm_path}")
+    traced = load_traced(tm_path)
+    model = load_onnx(args.model) if args.model != tm_path else export(traced)
+    progress.step("running onnxruntime and MegEngine")
+    return against_megengine(model, traced, subject=args.model,
+                             reference=f"MegEngine ({tm_path})", **_tolerances(args))
 
 
 # ---- where / transforms ------------------------------------------------------------------------
