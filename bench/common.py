@@ -1,13 +1,11 @@
 """Shared bench helpers: warm medians, result rows with PASS/MISS against a target, a table
-printer, and a guard that hides MegEngine's CUDA banner (written by C++ to fd 2)."""
+printer."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -67,16 +65,3 @@ def print_table(rows: list[Row]) -> None:
     verdicts = [r.passed for r in rows if r.passed is not None]
     print(f"\n{sum(verdicts)}/{len(verdicts)} targets met")
 
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Send fd 2 to /dev/null (MegEngine's 'Failed to load CUDA driver' banner comes from C++,
-    so no logging setting reaches it); restored before any Python exception propagates."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)

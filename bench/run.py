@@ -18,7 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
-from bench.common import Row, Timing, check, print_table, quiet_stderr, timed
+from bench.common import Row, Timing, check, print_table, timed
+from tm2onnx._quiet import quiet_megengine
 
 THREADS = 2
 MODEL = "resnet50"
@@ -43,7 +44,7 @@ class Bench:
 
 def setup(quick: bool) -> Bench:
     """Build ResNet-50 on MegEngine's 2-thread CPU device (params live where they are made)."""
-    with quiet_stderr():
+    with quiet_megengine():
         import megengine as mge
 
         mge.set_default_device(f"multithread{THREADS}")  # 'multithreadN': N worker threads
