@@ -96,9 +96,8 @@ def megengine_section(bench: Bench) -> None:
 
 def runtime_section(bench: Bench) -> None:
     """onnxruntime (all graph optimizations, 2 intra-op threads) on the exported model."""
-    from tm2onnx.runtime import compare, make_session
-
     from models.make_models import forward
+    from tm2onnx.runtime import compare, make_session
 
     session = make_session(bench.model, threads=THREADS)
     names = [value.name for value in session.get_inputs()]

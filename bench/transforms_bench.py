@@ -17,9 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tm2onnx.transforms import run_pipeline
-
 from bench.common import Row, check, print_table, timed
+from tm2onnx.transforms import run_pipeline
 
 CHANNELS = 4
 PEERS = ("onnxslim", "onnxsim", "onnxoptimizer")
@@ -102,10 +101,9 @@ def model_rows(names: list[str]) -> list[Row]:
 
 
 def latency_rows(runs: int) -> list[Row]:
-    from tm2onnx.runtime import make_session, random_feeds
-
     import tm2onnx
     from models.make_models import build
+    from tm2onnx.runtime import make_session, random_feeds
 
     traced, _ = build("resnet50")
     raw = tm2onnx.export(traced)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx.parser
+
 from tm2onnx.runtime import compare, random_feeds, run_model
 
 FP32 = {"rtol": 1e-4, "atol": 1e-5}
