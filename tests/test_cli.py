@@ -29,17 +29,9 @@ def _trace_to(path, net, *shapes):
 @pytest.fixture
 def scale_tm(megengine, tmp_path):
     """The guide's absorb-constants net: Conv2d(3,16,1) then *8 then /128."""
-    import megengine.module as M
+    from models.nets import ConstScaleNet
 
-    class Net(M.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = M.Conv2d(3, 16, 1)
-
-        def forward(self, x):
-            return self.conv(x) * 8 / 128
-
-    return _trace_to(tmp_path / "scale.tm", Net(), (1, 3, 16, 16))
+    return _trace_to(tmp_path / "scale.tm", ConstScaleNet(), (1, 3, 16, 16))
 
 
 @pytest.fixture
@@ -163,18 +155,9 @@ def test_console_entry_help():
 def big_linear_tm(megengine, tmp_path):
     """The guide's fp16 net, narrowed: Linear(3,64) -> Linear(64,2048); only the second has
     in*out >= 100*1024."""
-    import megengine.module as M
+    from models.nets import BigLinearNet
 
-    class Net(M.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear_0 = M.Linear(3, 64)
-            self.linear_1 = M.Linear(64, 2048)
-
-        def forward(self, x):
-            return self.linear_1(self.linear_0(x))
-
-    return _trace_to(tmp_path / "linear.tm", Net(), (1, 3))
+    return _trace_to(tmp_path / "linear.tm", BigLinearNet(hidden=64, out=2048), (1, 3))
 
 
 def test_export_fp16_linear_validates_at_fp16_tolerance(big_linear_tm, tmp_path, capsys):
@@ -210,21 +193,9 @@ def test_optimize_wrap_steps(scale_tm, tmp_path):
 
 
 def test_where_names_megengine_modules(megengine, tmp_path, capsys):
-    import megengine.functional as F
-    import megengine.module as M
+    from models.nets import ConvBnConcatNet
 
-    class Net(M.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = M.Conv2d(3, 16, 1, bias=False)
-            self.bn = M.BatchNorm2d(16)
-            self.conv_bn = M.Sequential(M.Conv2d(16, 16, 1, bias=False), M.BatchNorm2d(16))
-
-        def forward(self, x):
-            x0 = self.bn(self.conv(x))
-            return F.concat((x0, self.conv_bn(x0)), 1)
-
-    path = _trace_to(tmp_path / "cat.tm", Net(), (1, 3, 16, 16))
+    path = _trace_to(tmp_path / "cat.tm", ConvBnConcatNet(), (1, 3, 16, 16))
     out = tmp_path / "cat.onnx"
     assert main(["export", str(path), "-o", str(out), "-q"]) == 0
     capsys.readouterr()

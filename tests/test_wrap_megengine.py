@@ -16,30 +16,11 @@ def test_wrapper_module_around_loaded_traced_module(megengine, tmp_path):
     import megengine.traced_module as tm
 
     import tm2onnx
+    from models.nets import PrePostNet
 
     class Main(M.Module):
         def forward(self, x):
             return F.relu(x)
-
-    class PreProcess(M.Module):
-        def forward(self, x, y):
-            return x * y
-
-    class PostProcess(M.Module):
-        def forward(self, x, y):
-            return x / y
-
-    class Net(M.Module):
-        def __init__(self, traced_module):
-            super().__init__()
-            self.pre_process = PreProcess()
-            self.traced_module = traced_module
-            self.post_process = PostProcess()
-
-        def forward(self, x, y):
-            x = self.pre_process(x, y)
-            x = self.traced_module(x)
-            return self.post_process(x, y)
 
     shape = (1, 14, 8, 8)
     path = tmp_path / "main.tm"
@@ -48,7 +29,7 @@ def test_wrapper_module_around_loaded_traced_module(megengine, tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, shape).astype(np.float32)
     y = rng.uniform(0.5, 2, shape).astype(np.float32)
-    wrapped = tm.trace_module(Net(loaded), megengine.Tensor(x), megengine.Tensor(y))
+    wrapped = tm.trace_module(PrePostNet(loaded), megengine.Tensor(x), megengine.Tensor(y))
 
     model = tm2onnx.export(wrapped, input_names=["x", "y"], output_names=["out"])
 
