@@ -30,6 +30,7 @@ class ExportContext:
         self._const_count = 0
         self.expr = None
         self.module_path = ""
+        self.name_prefix = ""  # `conv_bn_` inside an inlined submodule `conv_bn`
 
     # ---- names -------------------------------------------------------------------------
     def unique(self, name: str, *, namespace: set[str] | None = None) -> str:
@@ -139,8 +140,17 @@ class ExportContext:
             return item
         return self.arg(item)
 
+    def adopt_name(self, node: Any) -> None:
+        """Give the tensor bound to `node` the node's own name, when that tensor was made inside
+        an inlined submodule (a graph input or constant keeps its name)."""
+        tensor = self._values.get(node)
+        if (isinstance(tensor, gs.Variable) and tensor.inputs and tensor.name != node.name
+                and node.name not in self._used_names):
+            self.reserve(node.name)
+            tensor.name = node.name
+
     def _variable_for(self, node: Any) -> gs.Variable:
-        name = node.name
+        name = self.name_prefix + node.name
         if name in self._used_names:
             name = self.unique(name)
         else:

@@ -1,4 +1,4 @@
-"""Load a `.tm`, walk its flattened graph through the converter registries into a gs.Graph,
+"""Load a `.tm`, walk its graph (nested modules inlined) through the converter registries into a gs.Graph,
 and produce a checked ONNX model; `save_model` writes atomically (temp file, then rename)."""
 
 from __future__ import annotations
@@ -61,11 +61,10 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
         warnings.warn(f"{source}: traced at batch size 1 but exported with a dynamic batch; "
                       "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
                       "at batch > 1 to be sure", stacklevel=2)
-    flat = traced.flatten()
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
-    graph_inputs = _bind_inputs(ctx, flat, input_names)
-    _convert_exprs(ctx, flat)
-    graph_outputs = _bind_outputs(ctx, flat, output_names, graph_inputs)
+    graph_inputs = _bind_inputs(ctx, traced, input_names)
+    _convert_exprs(ctx, traced)
+    graph_outputs = _bind_outputs(ctx, traced, output_names, graph_inputs)
     ctx.graph.inputs, ctx.graph.outputs = graph_inputs, graph_outputs
     return _finish(ctx)
 
@@ -113,8 +112,8 @@ def _as_traced(model: Any, example_inputs: Sequence[Any], source: str) -> Any:
                     hint="pass a TracedModule, a .tm path, or a megengine Module with inputs")
 
 
-def _bind_inputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> list:
-    nodes = flat.graph.inputs[1:]
+def _bind_inputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None) -> list:
+    nodes = traced.graph.inputs[1:]
     names = _check_names(names, len(nodes), "input", ctx.source)
     variables = []
     for index, node in enumerate(nodes):
@@ -129,9 +128,9 @@ def _bind_inputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None) -> 
     return variables
 
 
-def _bind_outputs(ctx: ExportContext, flat: Any, names: Sequence[str] | None,
+def _bind_outputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None,
                   graph_inputs: list) -> list:
-    nodes = flat.graph.outputs
+    nodes = traced.graph.outputs
     names = _check_names(names, len(nodes), "output", ctx.source)
     inputs = {id(v) for v in graph_inputs}
     ctx.expr, ctx.module_path = None, ""
@@ -167,10 +166,10 @@ def _check_names(names: Sequence[str] | None, count: int, kind: str, source: str
     return names
 
 
-def _convert_exprs(ctx: ExportContext, flat: Any) -> None:
+def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
     from .walk import convert_all
 
-    unsupported = convert_all(ctx, flat)
+    unsupported = convert_all(ctx, traced)
     if unsupported:
         listing = ", ".join(unsupported)
         raise UnsupportedOpError(

@@ -1,5 +1,6 @@
-"""Walk a flattened TracedModule's exprs in order: resolve module attributes, fold exprs whose
-inputs are all known at export time (static shapes, constants), and dispatch the rest."""
+"""Walk a TracedModule's exprs in order, inlining calls of nested TracedModules (what
+`flatten()` does, without its deep copy of every weight): resolve module attributes, fold exprs
+whose inputs are all known at export time (static shapes, constants), and dispatch the rest."""
 
 from __future__ import annotations
 
@@ -16,19 +17,55 @@ from .errors import ConversionError, Tm2OnnxError
 
 
 class _Walk:
-    def __init__(self, ctx: ExportContext, flat: Any):
+    def __init__(self, ctx: ExportContext, traced: Any):
         self.ctx = ctx
-        self.modules: dict[Any, tuple[Any, str]] = {flat.graph.inputs[0]: (flat, "")}
+        self.modules: dict[Any, tuple[Any, str]] = {traced.graph.inputs[0]: (traced, "")}
         self.poisoned: set[Any] = set()
         self.unsupported: list[str] = []
 
-    def run(self, flat: Any) -> list[str]:
-        for expr in flat.graph.exprs():
+    def run(self, graph: Any) -> list[str]:
+        for expr in graph.exprs(recursive=False):
             if isinstance(expr, Input):
+                continue
+            if self._is_traced_call(expr):
+                self._inline(expr)
                 continue
             self.ctx.expr, self.ctx.module_path = expr, self._module_path(expr)
             self._convert(expr)
         return self.unsupported
+
+    def _is_traced_call(self, expr: Any) -> bool:
+        from megengine.traced_module import TracedModule
+
+        return (isinstance(expr, CallMethod) and isinstance(expr.inputs[0], ModuleNode)
+                and isinstance(self.modules[expr.inputs[0]][0], TracedModule))
+
+    def _inline(self, call: Any) -> None:
+        """Walk the called module's graph with its inputs aliased to the caller's values; its
+        outputs take the caller's names, as `flatten()` would name them."""
+        module_node = call.inputs[0]
+        graph = self.modules[module_node][0].argdef_graph_map[call.arg_def]
+        inner_inputs = graph.inputs
+        self.modules[inner_inputs[0]] = self.modules[module_node]
+        for outer, inner in zip(call.inputs[1:], inner_inputs[1:]):
+            self._alias(inner, outer)
+        outer_prefix = self.ctx.name_prefix
+        self.ctx.name_prefix = f"{outer_prefix}{module_node.name}_"
+        try:
+            self.run(graph)
+        finally:
+            self.ctx.name_prefix = outer_prefix
+        for outer, inner in zip(call.outputs, graph.outputs):
+            self._alias(outer, inner)
+            self.ctx.adopt_name(outer)
+
+    def _alias(self, target: Any, source: Any) -> None:
+        if source in self.poisoned:
+            self.poisoned.add(target)
+        if self.ctx.is_known(source):
+            self.ctx.set_known(target, self.ctx.known(source))
+        else:
+            self.ctx.bind(target, self.ctx.value_of(source))
 
     def _convert(self, expr: Any) -> None:
         if isinstance(expr, GetAttr):
@@ -113,9 +150,9 @@ class _Walk:
         return ""
 
 
-def convert_all(ctx: ExportContext, flat: Any) -> list[str]:
+def convert_all(ctx: ExportContext, traced: Any) -> list[str]:
     """Convert every expr; return descriptions of those with no converter (empty when all ok)."""
-    return _Walk(ctx, flat).run(flat)
+    return _Walk(ctx, traced).run(traced.graph)
 
 
 def _numpy(value: Any, like: Any = None) -> np.ndarray:
