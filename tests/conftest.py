@@ -6,6 +6,13 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests: reproducible draws under CI (a failure there must replay locally), and no
+# per-example deadline on a shared 2-core machine.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture
