@@ -10,6 +10,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from . import transform
+from .graphops import cleanup as drop_dead
+from .graphops import may_fold, toposort
 from .patterns import const_array, constants_in, is_graph_output, replace_uses
 from .report import TransformReport, label
 
@@ -30,11 +32,12 @@ def cleanup(graph: gs.Graph, *, fold: bool = True, max_fold_bytes: int | None = 
     merged = dedupe_constants(graph)
     dead = _cleanup_counting(graph, labels)
     folded: list[str] = []
-    if fold:
+    # gs's folding copies the graph and starts onnxruntime even when nothing can fold.
+    if fold and may_fold(graph):
         limit = max_fold_bytes if max_fold_bytes is not None else _default_limit(graph)
         _fold(graph, limit)
         folded = _cleanup_counting(graph, labels)
-    graph.toposort()
+    toposort(graph)
     report.rewritten += merged + dead + folded
     if report.rewritten:
         report.note(f"merged {len(merged)} duplicate constants, removed {len(dead)} dead "
@@ -63,7 +66,7 @@ def dedupe_constants(graph: gs.Graph) -> list[str]:
 def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
     """gs's cleanup, returning the labels (taken before folding emptied them) of removed nodes."""
     before = [id(n) for n in graph.nodes]
-    graph.cleanup(remove_unused_graph_inputs=False)
+    drop_dead(graph)
     kept = {id(n) for n in graph.nodes}
     return [labels[key] for key in before if key not in kept]
 

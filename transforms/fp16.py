@@ -25,6 +25,7 @@ from .dtypes import (
     input_reason,
     nodes_count,
 )
+from .graphops import tidy, toposort
 from .patterns import (
     constants_in,
     consumers,
@@ -79,7 +80,7 @@ def fp16_linear(graph: gs.Graph, *, min_params: int = 100 * 1024) -> TransformRe
     for layer in layers:  # graph order is topological: a producer layer comes first
         report.rewrote(layer.nodes[0])
         _rewrite(graph, layer, owned, halves, fresh)
-    graph.cleanup().toposort()  # drops the cast-backs that chained layers no longer read
+    tidy(graph)  # drops the cast-backs that chained layers no longer read
     report.note(f"inserted {nodes_count(graph, 'Cast') - casts} Cast nodes")
     return report
 
@@ -195,7 +196,7 @@ def fp16(graph: gs.Graph, *, block: tuple[str, ...] | str = DEFAULT_BLOCK
     flipped = _flip_outputs(graph, half) | halved  # ids of the tensors now fp16
     memo = _split_graph_outputs(graph, flipped, fresh)
     copies = _fix_edges(original, half, flipped, memo, fresh, graph)
-    graph.toposort()
+    toposort(graph)
     report.note(f"inserted {nodes_count(graph, 'Cast') - casts} Cast nodes; {len(halved)} "
                 f"constants to fp16, {copies} fp16 copies of constants also read in fp32")
     return report

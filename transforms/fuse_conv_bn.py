@@ -11,7 +11,8 @@ import onnx_graphsurgeon as gs
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
 from .graphio import inherit_metadata, rank_finder
-from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
+from .graphops import tidy
+from .patterns import adopt_outputs, const_array, detach, name_maker, nodes_of, producer
 from .report import TransformReport
 
 
@@ -52,7 +53,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
         else:
             report.skip(bn, "no Conv/ConvTranspose/Gemm/MatMul before it")
     if report.rewritten:
-        graph.cleanup().toposort()
+        tidy(graph)
     return report
 
 
@@ -93,8 +94,7 @@ def _decompose(graph: gs.Graph, bn: gs.Node, s: np.ndarray, t: np.ndarray,
                   inputs=[x, gs.Constant(fresh(f"{bn.name}.s"), s.reshape(shape))],
                   outputs=[scaled])
     outputs = [bn.outputs[0]]
-    bn.outputs.clear()
-    bn.inputs.clear()
+    detach(bn)
     add = gs.Node("Add", fresh(f"{bn.name}.add"),
                   inputs=[scaled, gs.Constant(fresh(f"{bn.name}.t"), t.reshape(shape))],
                   outputs=outputs)

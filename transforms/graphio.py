@@ -8,6 +8,8 @@ from collections.abc import Callable
 import onnx
 import onnx_graphsurgeon as gs
 
+from .graphops import live_view
+
 # onnx 1.23 stamps IR 11+, which onnxruntime 1.23 refuses; 10 is what the pinned runtime loads.
 IR_VERSION = 10
 # Provenance keys the exporter writes into node.metadata_props.
@@ -100,10 +102,8 @@ def rank_finder(graph: gs.Graph) -> Callable[[gs.Tensor], int | None]:
 
 
 def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
-    # A pass may be midway (detached nodes still listed), so infer on a cleaned-up copy.
-    clean = graph.copy()
-    clean.cleanup()
-    model = gs.export_onnx(clean, do_type_check=False)
+    # A pass may be midway (detached nodes still listed), so infer on the live nodes only.
+    model = gs.export_onnx(live_view(graph), do_type_check=False)
     model.ir_version = IR_VERSION
     try:
         model = onnx.shape_inference.infer_shapes(model)

@@ -95,11 +95,24 @@ def adopt_outputs(keep: gs.Node, removed: gs.Node) -> None:
     """`keep` now produces `removed`'s output tensors, so their names (and graph outputs) stay;
     `removed` is detached and `keep`'s old outputs dangle until cleanup."""
     outputs = list(removed.outputs)
-    removed.outputs.clear()
-    removed.inputs.clear()
+    detach(removed)
     keep.outputs.clear()
     # Mutate the synchronized lists in place: assigning a list would break gs's back-links.
     keep.outputs.extend(outputs)
+
+
+def detach(node: gs.Node) -> None:
+    """Clear node's outputs and inputs. gs's clear() finds the node in each tensor's back-list
+    with list.remove, i.e. by ==, and Node.__eq__ compares (and logs) every node it passes in a
+    shared constant's reader list; here the node is found by identity."""
+    for tensors, field in ((node.outputs, "inputs"), (node.inputs, "outputs")):
+        for tensor in tensors:
+            links = getattr(tensor, field)
+            for index, other in enumerate(links):
+                if other is node:
+                    list.__delitem__(links, index)  # the plain list: no back-link update
+                    break
+        list.clear(tensors)
 
 
 def replace_uses(old: gs.Tensor, new: gs.Tensor, graph: gs.Graph | None = None) -> int:
@@ -135,7 +148,7 @@ def chain(node: gs.Node, *op_types: str) -> list[gs.Node] | None:
 
 def name_maker(graph: gs.Graph) -> Callable[[str], str]:
     """A function returning names unused in `graph`; scans the graph once, not per call."""
-    used = {t for t in graph.tensors()} | {n.name for n in graph.nodes}
+    used = set(tensor_map(graph)) | {n.name for n in graph.nodes}
 
     def fresh(base: str) -> str:
         name, index = base, 1
@@ -147,8 +160,28 @@ def name_maker(graph: gs.Graph) -> Callable[[str], str]:
     return fresh
 
 
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    """`graph.tensors()` (name -> tensor, unnamed ones omitted, a later tensor winning a
+    shared name) without gs's per-tensor method calls, which dominate it on big graphs."""
+    tensors: dict[str, gs.Tensor] = {}
+    for tensor in graph.inputs:
+        if tensor.name:
+            tensors[tensor.name] = tensor
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if tensor.name:
+                tensors[tensor.name] = tensor
+        for tensor in node.outputs:
+            if tensor.name:
+                tensors[tensor.name] = tensor
+    for tensor in graph.outputs:
+        if tensor.name:
+            tensors[tensor.name] = tensor
+    return tensors
+
+
 def constants_in(graph: gs.Graph) -> Iterable[gs.Constant]:
-    return (t for t in graph.tensors().values() if isinstance(t, gs.Constant))
+    return (t for t in tensor_map(graph).values() if isinstance(t, gs.Constant))
 
 
 def graph_size(graph: gs.Graph) -> tuple[int, int, int]:

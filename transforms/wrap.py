@@ -16,6 +16,7 @@ from tm2onnx.errors import TransformError
 from . import transform
 from .dtypes import as_dtype
 from .graphio import to_graph, to_model
+from .graphops import toposort
 from .patterns import name_maker, replace_uses
 from .report import TransformReport
 from .wrap_steps import apply_steps, parse_steps
@@ -181,7 +182,7 @@ def _merge(main: gs.Graph, subs: dict[str, gs.Graph], links: list[_Link]) -> Non
         main.nodes.extend(sub.nodes)
     main.inputs = inputs
     main.outputs = [final(t) for t in outputs]
-    main.toposort()
+    toposort(main)
 
 
 def _share_by_name(inputs: list[gs.Tensor]) -> tuple[list[gs.Tensor], list[tuple]]:

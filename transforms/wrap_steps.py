@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 from tm2onnx.errors import TransformError
 
 from .dtypes import as_dtype
+from .graphops import toposort
 from .patterns import name_maker, replace_uses
 
 
@@ -122,7 +123,7 @@ def apply_steps(graph: gs.Graph, specs: list[StepSpec]) -> list[str]:
             node.outputs[next(i for i, t in enumerate(node.outputs) if t is outer)] = inner
             replace_uses(outer, inner)
             spec.step.build(inner, outer, spec.options, Builder(graph, fresh, spec.name))
-    graph.toposort()
+    toposort(graph)
     return [spec.text for spec in specs]
 
 
