@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from tm2onnx.transforms import run_pipeline
 
 from tests.helpers import FP32, assert_same_function, init_text, ops, parse_model
+from tm2onnx.transforms import run_pipeline
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 

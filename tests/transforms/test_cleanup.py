@@ -3,10 +3,9 @@ a tensor over the size limit), and a clean model comes back byte for byte."""
 
 from __future__ import annotations
 
+from tests.helpers import FP32, assert_same_function, ops, parse_model
 from tm2onnx.transforms import run_pipeline, run_transform, to_graph
 from tm2onnx.transforms.cleanup import expanded_bytes
-
-from tests.helpers import FP32, assert_same_function, ops, parse_model
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 

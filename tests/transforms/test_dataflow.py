@@ -4,10 +4,10 @@ MegEngine module the exporter recorded for it, and change nothing."""
 from __future__ import annotations
 
 import onnx
-from tm2onnx.transforms import run_pipeline
-from tm2onnx.transforms.dataflow import ProducerInfo, producers, tensor_producer
 
 from tests.helpers import parse_model
+from tm2onnx.transforms import run_pipeline
+from tm2onnx.transforms.dataflow import ProducerInfo, producers, tensor_producer
 
 GUIDE_CONCAT = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[1,2,4,4] x) => (float[1,4,4,4] y)

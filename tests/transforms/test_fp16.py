@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
-from tm2onnx.transforms import run_pipeline
 
 from tests.helpers import FP16, assert_same_function, init_text, ops, parse_model
 from tm2onnx.errors import TransformError
+from tm2onnx.transforms import run_pipeline
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 

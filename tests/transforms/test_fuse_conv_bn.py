@@ -6,12 +6,21 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+
+from tests.helpers import (
+    FP32,
+    assert_matches,
+    assert_same_function,
+    init_text,
+    ops,
+    parse_model,
+    run_ort,
+)
+from tm2onnx.runtime import random_feeds
 from tm2onnx.transforms import run_pipeline
 from tm2onnx.transforms.fuse_conv_bn import bn_affine
-
-from tests.helpers import FP32, assert_same_function, init_text, ops, parse_model
 
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
 
@@ -137,6 +146,7 @@ def test_bn_affine_uses_epsilon():
 
 
 @settings(max_examples=25, deadline=None)
+@example(groups=4, cin_mult=3, cout_mult=2, eps=0.00390625, bias=True, scale=14.0, seed=6479)
 @given(groups=st.sampled_from([1, 2, 4]), cin_mult=st.integers(1, 3),
        cout_mult=st.integers(1, 3), eps=st.floats(1e-5, 0.5), bias=st.booleans(),
        scale=st.floats(0.05, 20), seed=st.integers(0, 2**16))
@@ -149,4 +159,10 @@ def test_property_conv_bn_mul_chain_folds_to_one_conv(groups, cin_mult, cout_mul
     model.graph.output[0].name = "z"
     out, reports = run_pipeline(model, ["deploy"])
     assert ops(out) == ["Conv"], [str(r) for r in reports]
-    assert_same_function(model, out, **FP32)
+    # Folding reorders fp32 rounding of terms as large as the largest output (scale up to 20,
+    # 1/sqrt(eps) up to ~300), so an output near zero carries an absolute error relative to
+    # that magnitude, not to itself: atol scales with max|reference|.
+    feeds = random_feeds(model, seed=seed)
+    reference = run_ort(model, feeds)
+    magnitude = max(1.0, float(np.abs(reference["z"]).max()))
+    assert_matches(reference, run_ort(out, feeds), rtol=1e-4, atol=1e-5 * magnitude)

@@ -4,6 +4,8 @@ links (no rescans), and the rewiring helpers keep tensor names and graph outputs
 from __future__ import annotations
 
 import numpy as np
+
+from tests.helpers import parse_model
 from tm2onnx.transforms import to_graph
 from tm2onnx.transforms.patterns import (
     adopt_outputs,
@@ -18,8 +20,6 @@ from tm2onnx.transforms.patterns import (
     replace_uses,
     uses_count,
 )
-
-from tests.helpers import parse_model
 
 MODEL = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[2] x) => (float[2] y, float[2] sq) <float[2] c = {1, 2}> {

@@ -8,6 +8,9 @@ import re
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
+
+from tests.helpers import FP32, assert_same_function, ops, parse_model
+from tm2onnx.errors import TransformError
 from tm2onnx.transforms import (
     DEPLOY_PIPELINE,
     TRANSFORMS,
@@ -17,9 +20,6 @@ from tm2onnx.transforms import (
     transform,
 )
 from tm2onnx.transforms.report import TransformReport
-
-from tests.helpers import FP32, assert_same_function, ops, parse_model
-from tm2onnx.errors import TransformError
 
 MODEL = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[1,2,3,3] x) => (float[1,2,3,3] y)

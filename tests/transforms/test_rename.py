@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from tm2onnx.transforms import run_pipeline
 
 from tests.helpers import FP32, assert_same_function, parse_model
 from tm2onnx.errors import TransformError
+from tm2onnx.transforms import run_pipeline
 
 MODEL = """<ir_version: 10, opset_import: ["" : 17]>
 g (float[2,3] x) => (float[2,3] y) <float[3] c = {1, 2, 3}> {

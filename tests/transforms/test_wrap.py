@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from tm2onnx.transforms import run_pipeline
-from tm2onnx.transforms.wrap import wrap_model
 
 from tests.helpers import (
     FP32,
@@ -21,6 +19,8 @@ from tests.helpers import (
     run_ort,
 )
 from tm2onnx.errors import TransformError
+from tm2onnx.transforms import run_pipeline
+from tm2onnx.transforms.wrap import wrap_model
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 HEADER = '<ir_version: 10, opset_import: ["" : 17]>'
