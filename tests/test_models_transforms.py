@@ -72,3 +72,16 @@ def test_fp16_linear_on_the_guide_linear_net(megengine):
 
 def _as_tuple(value):
     return value if isinstance(value, (tuple, list)) else (value,)
+
+
+def test_where_answers_the_guides_question_after_deploy(megengine):
+    from tm2onnx.transforms import producers, run_pipeline
+
+    _, _, raw = _export("conv_bn_concat", None)
+    before = [(p.module, p.orig_name) for p in producers(raw, op_type="Concat")]
+    lean, _ = run_pipeline(raw, ["deploy"])
+    after = [(p.producer_op, p.module, p.fused, p.orig_name)
+             for p in producers(lean, op_type="Concat")]
+    assert before == [("bn", "bn_out"), ("conv_bn.1", "conv_bn.1_out")]  # the guide's answer
+    assert after == [("Conv", "bn", "conv", "bn_out"),
+                     ("Conv", "conv_bn.1", "conv_bn.0", "conv_bn.1_out")]

@@ -288,7 +288,7 @@ def _where_arguments(parser: argparse.ArgumentParser) -> None:
 @command("where", "show where each input of the matching nodes comes from (producer node and "
          "MegEngine module)", _where_arguments)
 def where_command(args: argparse.Namespace, progress: Progress) -> int:
-    from .transforms.dataflow import producers
+    from .transforms import producers
 
     found = producers(load_onnx(args.model), op_type=args.op)
     if not found:

@@ -169,5 +169,8 @@ def _load_builtin_transforms() -> None:
 
 _load_builtin_transforms()
 
-__all__ = ["DEPLOY_PIPELINE", "TRANSFORMS", "TransformReport", "describe", "expand",
-           "run_pipeline", "run_transform", "to_graph", "to_model", "transform"]
+from .dataflow import ProducerInfo, producers  # after the registry: dataflow registers `where`
+
+__all__ = ["DEPLOY_PIPELINE", "TRANSFORMS", "ProducerInfo", "TransformReport", "describe",
+           "expand", "producers", "run_pipeline", "run_transform", "to_graph", "to_model",
+           "transform"]

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
-from .graphio import rank_finder
+from .graphio import merge_metadata, rank_finder
 from .graphops import tidy
 from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
 from .report import TransformReport
@@ -41,6 +41,7 @@ def absorb_const(graph: gs.Graph) -> TransformReport:
             continue
         lin, s, t = plan
         fold_affine(lin, s, t, fresh)
+        merge_metadata(graph, source, node)
         adopt_outputs(source, node)
         report.rewrote(node)
     if report.rewritten:

@@ -25,13 +25,16 @@ class ProducerInfo:
     producer: str | None      # None for graph inputs and initializers
     producer_op: str          # op type, or "graph input" / "initializer"
     module: str | None = None
+    fused: str | None = None      # modules folded into the producer by fuse-conv-bn etc.
     qualname: str | None = None
+    orig_name: str | None = None  # what older MegEngine called `_orig_name`: `conv_bn.1_out`
     expr: str | None = None
 
     def __str__(self) -> str:
         source = f"{self.producer} ({self.producer_op})" if self.producer else self.producer_op
         origin = ", ".join(f"{key}={value}" for key, value in (
-            ("module", self.module), ("qualname", self.qualname), ("expr", self.expr)) if value)
+            ("module", self.module), ("fused", self.fused), ("orig_name", self.orig_name),
+            ("qualname", self.qualname), ("expr", self.expr)) if value)
         text = f"{self.consumer} input {self.input_index} {self.tensor!r} ← {source}"
         return f"{text} [{origin}]" if origin else text
 
@@ -51,7 +54,8 @@ def _info(graph: gs.Graph, node: gs.Node, index: int, tensor: gs.Tensor) -> Prod
     meta = provenance(graph, source)
     return ProducerInfo(node.name, node.op, index, tensor.name,
                         source.name if source is not None else None, kind,
-                        meta.get("module"), meta.get("qualname"), meta.get("expr"))
+                        meta.get("module"), meta.get("fused"), meta.get("qualname"),
+                        meta.get("orig_name"), meta.get("expr"))
 
 
 def producers(model_or_graph: onnx.ModelProto | gs.Graph, op_type: str = "Concat"

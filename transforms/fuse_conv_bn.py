@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
-from .graphio import inherit_metadata, rank_finder
+from .graphio import inherit_metadata, merge_metadata, rank_finder
 from .graphops import tidy
 from .patterns import adopt_outputs, const_array, detach, name_maker, nodes_of, producer
 from .report import TransformReport
@@ -43,6 +43,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
                 report.skip(bn, lin)
                 continue
             fold_affine(lin, *affine, fresh)
+            merge_metadata(graph, source, bn)
             adopt_outputs(source, bn)
             report.rewrote(bn)
         elif decompose_standalone:

@@ -13,7 +13,7 @@ from .graphops import live_view
 # onnx 1.23 stamps IR 11+, which onnxruntime 1.23 refuses; 10 is what the pinned runtime loads.
 IR_VERSION = 10
 # Provenance keys the exporter writes into node.metadata_props.
-PROVENANCE_KEYS = ("module", "qualname", "expr")
+PROVENANCE_KEYS = ("module", "fused", "qualname", "orig_name", "expr")
 _META_ATTR = "_tm2onnx_node_metadata"
 
 
@@ -37,6 +37,22 @@ def node_metadata(graph: gs.Graph) -> dict[str, dict[str, str]]:
     if not hasattr(graph, _META_ATTR):
         setattr(graph, _META_ATTR, {})
     return getattr(graph, _META_ATTR)
+
+
+def merge_metadata(graph: gs.Graph, keep: gs.Node, removed: gs.Node) -> None:
+    """`keep` took over `removed`'s outputs (a fold): it now answers for them with `removed`'s
+    provenance, and lists the modules folded into it under `fused` (e.g. `module=bn,
+    fused=conv`), so data-flow queries still answer in MegEngine terms after a fold."""
+    metadata = node_metadata(graph)
+    gone = metadata.get(removed.name)
+    if gone is None:
+        return
+    kept = metadata.get(keep.name, {})
+    fused = [part for part in (kept.get("fused"), kept.get("module")) if part]
+    merged = dict(gone)
+    if fused:
+        merged["fused"] = ",".join(fused)
+    metadata[keep.name] = merged
 
 
 def inherit_metadata(graph: gs.Graph, new_node: gs.Node, source: gs.Node) -> None:
@@ -78,7 +94,8 @@ def _copy_model_fields(like: onnx.ModelProto, model: onnx.ModelProto) -> None:
 
 
 def provenance(graph: gs.Graph, node: gs.Node | None) -> dict[str, str]:
-    """The MegEngine module/qualname/expr the exporter recorded for `node` (empty if none)."""
+    """The MegEngine provenance recorded for `node` (empty if none): module, fused, qualname,
+    orig_name, expr."""
     if node is None:
         return {}
     meta = node_metadata(graph).get(node.name, {})

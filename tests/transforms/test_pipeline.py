@@ -77,9 +77,10 @@ def test_deploy_keeps_metadata_and_model_fields():
     # absorb-const folds only into Conv/Gemm/MatMul, so `*8` after bn2's Add stays.
     assert ops(out) == ["Conv", "Relu", "Mul", "Add", "Mul"], [str(r) for r in reports]
     meta = {n.name: {p.key: p.value for p in n.metadata_props} for n in out.graph.node}
-    assert meta["conv"] == {"module": "net.conv"}
+    # conv now computes bn's output: it answers for it, and remembers what was folded in.
+    assert meta["conv"] == {"module": "net.bn", "fused": "net.conv"}
     # bn2 became Mul+Add: the new nodes carry bn2's provenance.
-    assert [m["module"] for m in meta.values()] == ["net.conv", "net.relu", "net.bn2",
+    assert [m["module"] for m in meta.values()] == ["net.bn", "net.relu", "net.bn2",
                                                     "net.bn2", "net.scale"]
     assert (out.ir_version, out.producer_name) == (10, "tm2onnx")
     assert [(p.key, p.value) for p in out.metadata_props] == [("source", "net.tm")]
