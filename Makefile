@@ -29,6 +29,7 @@ models: $(STAMP)
 	$(PY) models/make_models.py
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/run.py
 	$(PY) bench/transforms_bench.py
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -110,13 +111,13 @@ def latency_rows(runs: int) -> list[Row]:
     lean, _ = run_pipeline(raw, ["deploy"])
     feeds = random_feeds(raw, seed=0)
 
-    def latency(model: onnx.ModelProto, level: str) -> float:
-        session = make_session(model, opt_level=level, threads=2)
-        return timed(lambda: session.run(None, feeds), runs=runs, warmup=2).median
-
-    raw_ext, raw_all = latency(raw, "extended"), latency(raw, "all")
-    lean_off, lean_all = latency(lean, "disable"), latency(lean, "all")
-    raw_off = latency(raw, "disable")
+    variants = {"raw_off": (raw, "disable"), "raw_ext": (raw, "extended"),
+                "raw_all": (raw, "all"), "lean_off": (lean, "disable"), "lean_all": (lean, "all")}
+    sessions = {key: make_session(model, opt_level=level, threads=2)
+                for key, (model, level) in variants.items()}
+    medians = interleaved_medians(sessions, feeds, runs)
+    raw_off, raw_ext, raw_all = medians["raw_off"], medians["raw_ext"], medians["raw_all"]
+    lean_off, lean_all = medians["lean_off"], medians["lean_all"]
     return [
         Row("resnet50", "raw export, ORT optimizations off", f"{raw_off * 1e3:.1f} ms"),
         Row("resnet50", "raw export, ORT EXTENDED", f"{raw_ext * 1e3:.1f} ms"),
@@ -130,14 +131,71 @@ def latency_rows(runs: int) -> list[Row]:
     ]
 
 
-def peer_rows() -> list[Row]:
-    installed = [name for name in PEERS if importlib.util.find_spec(name)]
-    missing = [name for name in PEERS if name not in installed]
-    rows = []
-    if missing:
-        rows.append(Row("peers", "not installed (pip install to compare)", ", ".join(missing)))
-    if installed:
-        rows.append(Row("peers", "installed but not yet compared here", ", ".join(installed)))
+def peer_models() -> dict[str, onnx.ModelProto]:
+    import tm2onnx
+    from models.make_models import build
+
+    return {name: tm2onnx.export(build(name)[0]) for name in ("const_scale", "resnet50")}
+
+
+def interleaved_medians(sessions: dict, feeds: dict, runs: int) -> dict[str, float]:
+    """Median latency per session, runs taken round-robin so that load from other processes on
+    a shared machine hits every variant alike instead of whichever ran during a busy spell."""
+    samples: dict[str, list[float]] = {key: [] for key in sessions}
+    for key, session in sessions.items():  # warm-up
+        session.run(None, feeds)
+    for _ in range(runs):
+        for key, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, feeds)
+            samples[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _run_peer(name: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    module = importlib.import_module(name)
+    if name == "onnxslim":
+        return module.slim(model)
+    if name == "onnxsim":
+        simplified, _ok = module.simplify(model)
+        return simplified
+    return module.optimize(model)
+
+
+PEER_RUNNERS = {"tm2onnx deploy": lambda model: run_pipeline(model, ["deploy"])[0],
+                **{name: (lambda model, n=name: _run_peer(n, model)) for name in PEERS}}
+
+
+def peer_rows(models: dict[str, onnx.ModelProto], runs: int) -> list[Row]:
+    """Each installed peer on the same exported models, side by side with our deploy pipeline:
+    nodes after, Mul/Div left (the guide's conv*8/128), time, max abs diff, latency (ORT off)."""
+    from tm2onnx.runtime import make_session, random_feeds, run_model
+
+    installed = {k: v for k, v in PEER_RUNNERS.items()
+                 if k not in PEERS or importlib.util.find_spec(k)}
+    rows = [Row("peers", "not installed (pip install to compare)", name)
+            for name in PEERS if name not in installed]
+    for model_name, raw in models.items():
+        feeds = random_feeds(raw, seed=0)
+        reference = run_model(raw, feeds, opt_level="disable")
+        for peer, runner in installed.items():
+            start = time.perf_counter()
+            try:
+                out = runner(raw)
+            except Exception as err:  # noqa: BLE001 - a peer's failure is a result to print
+                rows.append(Row("peers", f"{model_name}: {peer}", f"failed: {err}"[:80]))
+                continue
+            seconds = time.perf_counter() - start
+            got = run_model(out, feeds, opt_level="disable")
+            diff = max(float(np.abs(got[k] - v).max()) for k, v in reference.items())
+            session = make_session(out, opt_level="disable", threads=2)
+            latency = timed(lambda s=session, f=feeds: s.run(None, f), runs=runs,
+                            warmup=1).median
+            mul_div = sum(n.op_type in ("Mul", "Div") for n in out.graph.node)
+            rows.append(Row("peers", f"{model_name}: {peer}",
+                            f"nodes {len(raw.graph.node)}→{len(out.graph.node)}, Mul/Div left "
+                            f"{mul_div}, {seconds:.2f} s, max diff {diff:.1e}, "
+                            f"{latency * 1e3:.2f} ms (ORT off)"))
     return rows
 
 
@@ -154,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += model_rows(["resnet18", "resnet50", "mobilenet_v2", "shufflenet_v2",
                             "transformer_block"])
         rows += latency_rows(5 if args.quick else 20)
-    rows += peer_rows()
+        rows += peer_rows(peer_models(), 3 if args.quick else 10)
     print_table(rows)
     return 0
 
