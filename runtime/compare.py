@@ -69,11 +69,12 @@ def _diff(name: str, ref: np.ndarray, got: np.ndarray | None, rtol: float,
         return OutputDiff(name, tuple(ref.shape), str(ref.dtype), 0.0, 0.0, 0.0, True)
     ref64 = ref.astype(np.float64)
     got64 = got.astype(np.float64)
-    both_nan = np.isnan(ref64) & np.isnan(got64)
+    both_nan = np.isnan(ref64) & np.isnan(got64)  # NaN where the reference has NaN matches
     abs_err = np.where(both_nan, 0.0, np.abs(got64 - ref64))
     abs_err = np.nan_to_num(abs_err, nan=np.inf)
-    rel_err = abs_err / np.maximum(np.abs(ref64), np.finfo(np.float64).tiny)
-    passed = bool(np.all(abs_err <= atol + rtol * np.abs(ref64)))
+    magnitude = np.nan_to_num(np.abs(ref64), nan=0.0)
+    rel_err = abs_err / np.maximum(magnitude, np.finfo(np.float64).tiny)
+    passed = bool(np.all(abs_err <= atol + rtol * magnitude))
     problem = "" if got.dtype == ref.dtype else f"dtype {got.dtype} != {ref.dtype}"
     return OutputDiff(name, tuple(ref.shape), str(ref.dtype), float(abs_err.max()),
                       float(abs_err.mean()), float(rel_err.max()), passed, problem)
