@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,12 @@ class Progress:
             print(f"[{elapsed:6.2f}s] {message}", file=sys.stderr, flush=True)
 
 
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"tm2onnx: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _warn_one_line  # a user needs the message, not our source line
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):

@@ -169,7 +169,8 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     exprs = sum(1 for _ in traced.graph.exprs(recursive=True))
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
-                   input_names=csv(args.input_names), output_names=csv(args.output_names))
+                   input_names=csv(args.input_names), output_names=csv(args.output_names),
+                   source=args.model)
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]
@@ -273,7 +274,7 @@ def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> An
     silence_megengine_banner()
     progress.step(f"loading {tm_path}")
     traced = load_traced(tm_path)
-    model = load_onnx(args.model) if args.model != tm_path else export(traced)
+    model = load_onnx(args.model) if args.model != tm_path else export(traced, source=tm_path)
     progress.step("running onnxruntime and MegEngine")
     return against_megengine(model, traced, subject=args.model,
                              reference=f"MegEngine ({tm_path})", **_tolerances(args))

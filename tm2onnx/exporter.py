@@ -47,12 +47,15 @@ def load_traced(path: str | os.PathLike) -> Any:
 
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
-           output_names: Sequence[str] | None = None) -> onnx.ModelProto:
-    """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs."""
+           output_names: Sequence[str] | None = None, source: str | None = None
+           ) -> onnx.ModelProto:
+    """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
+    `source` names the model in error messages (default: the path, or the type name)."""
     from . import converters
 
     converters.load_all()
-    source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    if source is None:
+        source = str(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
     _check_opset(opset, source)
     traced = _as_traced(model, example_inputs, source)
     traced.eval()
