@@ -3,6 +3,7 @@ compile-time known values (static shapes, constants), unique names and provenanc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -169,7 +170,20 @@ class ExportContext:
         return {"module": self.module_path,
                 "qualname": outputs[0].qualname if outputs else "",
                 "orig_name": orig_name(outputs[0]) if outputs else "",
-                "expr": _expr_text(self.expr)}
+                "expr": _expr_text(self.expr, self._global_names())}
+
+    def _global_names(self) -> dict[str, str]:
+        """Inside an inlined submodule, the expr's local node names -> the names users see
+        (tensor names in the ONNX graph, the module path for the called module)."""
+        if not self.name_prefix:
+            return {}
+        names = {node.name: self.name_prefix + node.name for node in self.expr.outputs}
+        for node in self.expr.inputs:
+            if node in self._values:
+                names[node.name] = self._values[node].name
+            elif hasattr(node, "module_type") and self.module_path:
+                names[node.name] = self.module_path
+        return names
 
 
 def _is_node(value: Any) -> bool:
@@ -197,6 +211,9 @@ def orig_name(node: Any) -> str:
     return node.name
 
 
-def _expr_text(expr: Any) -> str:
+def _expr_text(expr: Any, names: dict[str, str]) -> str:
     text = repr(expr).split("\t", 1)[-1]
+    if names:
+        pattern = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+        text = re.sub(rf"(?<![\w.])({pattern})(?![\w.])", lambda m: names[m.group(1)], text)
     return text if len(text) <= 200 else text[:197] + "..."
