@@ -1,6 +1,6 @@
-"""Activations and unary math: M.ReLU/M.Softmax/... modules, F.relu/F.round/... functions, unary
+"""Activations and unary math: M.ReLU/M.PReLU/... modules, F.relu/F.round/... functions, unary
 tensor operators and M.Elemwise by its mode string. Where MegEngine differs from the obvious ONNX
-op (round half away from zero, exact-erf GELU, default softmax axis) the MegEngine form is built."""
+op (round half away from zero, exact-erf GELU) the MegEngine form is built."""
 
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "true_div": "Div", "floor_di
           "leq": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "xor": "Xor"}
 
 
-def _inputs(ctx: ExportContext, values: list, outputs: list) -> list:
+def cast_inputs(ctx: ExportContext, values: list, outputs: list) -> list:
     """ONNX tensors for the operands in the output dtype (F.exp of int32 is float32); ops
     giving bool (not) keep their inputs as they are."""
     dtype = _dtype(outputs)
@@ -143,7 +143,7 @@ def _inputs(ctx: ExportContext, values: list, outputs: list) -> list:
 
 
 def emit_unary(ctx: ExportContext, mode: str, value: Any, outputs: list) -> None:
-    UNARY[mode](ctx, _inputs(ctx, [value], outputs), outputs)
+    UNARY[mode](ctx, cast_inputs(ctx, [value], outputs), outputs)
 
 
 def _identity(ctx: ExportContext, value: Any, outputs: list) -> None:
@@ -216,21 +216,21 @@ def dropout_module(ctx: ExportContext, expr: Any, module: Any) -> None:
 
 @module_converter(M.LeakyReLU)
 def leaky_relu_module(ctx: ExportContext, expr: Any, module: Any) -> None:
-    [x] = _inputs(ctx, [expr.args[1]], expr.outputs)
+    [x] = cast_inputs(ctx, [expr.args[1]], expr.outputs)
     ctx.emit("LeakyRelu", [x], expr.outputs, alpha=float(module.negative_slope))
 
 
 @function_converter(F.leaky_relu)
 def leaky_relu(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    [x] = _inputs(ctx, [args["inp"]], expr.outputs)
+    [x] = cast_inputs(ctx, [args["inp"]], expr.outputs)
     ctx.emit("LeakyRelu", [x], expr.outputs, alpha=float(args["negative_slope"]))
 
 
 def emit_prelu(ctx: ExportContext, x_node: Any, slope: Any, outputs: list) -> None:
     """PRelu broadcasts the slope (an ONNX tensor) to x only; a slope that grows x's shape
     needs the long form max(x, 0) + slope * min(x, 0)."""
-    [x] = _inputs(ctx, [x_node], outputs)
+    [x] = cast_inputs(ctx, [x_node], outputs)
     if tuple(outputs[0].shape) == tuple(x_node.shape):
         ctx.emit("PRelu", [x, slope], outputs)
         return
@@ -247,49 +247,7 @@ def prelu_module(ctx: ExportContext, expr: Any, module: Any) -> None:
 @function_converter(F.nn.prelu)
 def prelu(ctx: ExportContext, expr: Any) -> None:
     x, slope = expr.args[0], expr.args[1]
-    emit_prelu(ctx, x, _inputs(ctx, [slope], expr.outputs)[0], expr.outputs)
-
-
-def _reduce(ctx: ExportContext, op: str, x: Any, axes: list[int]) -> Any:
-    if op == "ReduceSum" or ctx.opset >= 18:  # ReduceMax's axes became an input at 18
-        return ctx.op(op, [x, ctx.shape_const(axes)], keepdims=1)
-    return ctx.op(op, [x], axes=axes, keepdims=1)
-
-
-def emit_softmax(ctx: ExportContext, x: Any, axis: Any, outputs: list, *, log: bool) -> None:
-    """One axis maps to (Log)Softmax; several are spelled out, shifted by the max as MegEngine
-    does. A missing axis (softmax only) is MegEngine's default: 0 for rank 0, 1 and 3, else 1."""
-    if axis is None:
-        axis = 0 if len(x.shape) in (0, 1, 3) else 1
-    axes = [int(a) for a in axis] if isinstance(axis, (list, tuple)) else [int(axis)]
-    [value] = _inputs(ctx, [x], outputs)
-    if len(axes) == 1:
-        ctx.emit("LogSoftmax" if log else "Softmax", [value], outputs, axis=axes[0])
-        return
-    shifted = ctx.op("Sub", [value, _reduce(ctx, "ReduceMax", value, axes)])
-    exp = ctx.op("Exp", [shifted])
-    total = _reduce(ctx, "ReduceSum", exp, axes)
-    if log:
-        ctx.emit("Sub", [shifted, ctx.op("Log", [total])], outputs)
-    else:
-        ctx.emit("Div", [exp, total], outputs)
-
-
-@function_converter(F.softmax)
-def softmax(ctx: ExportContext, expr: Any) -> None:
-    args = call_args(expr)
-    emit_softmax(ctx, args["inp"], args["axis"], expr.outputs, log=False)
-
-
-@function_converter(F.logsoftmax)
-def logsoftmax(ctx: ExportContext, expr: Any) -> None:
-    args = call_args(expr)
-    emit_softmax(ctx, args["inp"], args["axis"], expr.outputs, log=True)
-
-
-@module_converter(M.Softmax)
-def softmax_module(ctx: ExportContext, expr: Any, module: Any) -> None:
-    emit_softmax(ctx, expr.args[1], module.axis, expr.outputs, log=False)
+    emit_prelu(ctx, x, cast_inputs(ctx, [slope], expr.outputs)[0], expr.outputs)
 
 
 @function_converter(F.clip)
@@ -298,24 +256,24 @@ def clip(ctx: ExportContext, expr: Any) -> None:
     bounds with lower <= upper (Clip gives `upper` everywhere otherwise)."""
     args = call_args(expr)
     lower, upper, outputs = args["lower"], args["upper"], expr.outputs
-    [x] = _inputs(ctx, [args["x"]], outputs)
+    [x] = cast_inputs(ctx, [args["x"]], outputs)
     if not any(hasattr(b, "expr") for b in (lower, upper)) and (
             lower is None or upper is None or lower <= upper):
         limits = ["" if b is None else _scalar(ctx, b, outputs) for b in (lower, upper)]
         ctx.emit("Clip", [x, *limits], outputs)
     elif upper is None:
-        ctx.emit("Max", [x, *_inputs(ctx, [lower], outputs)], outputs)
+        ctx.emit("Max", [x, *cast_inputs(ctx, [lower], outputs)], outputs)
     elif lower is None:
-        ctx.emit("Min", [x, *_inputs(ctx, [upper], outputs)], outputs)
+        ctx.emit("Min", [x, *cast_inputs(ctx, [upper], outputs)], outputs)
     else:
-        low, high = _inputs(ctx, [lower, upper], outputs)
+        low, high = cast_inputs(ctx, [lower, upper], outputs)
         ctx.emit("Where", [ctx.op("Less", [x, low]), low, ctx.op("Min", [x, high])], outputs)
 
 
 @function_converter(F.where)
 def where(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    values = _inputs(ctx, [args["x"], args["y"]], expr.outputs)
+    values = cast_inputs(ctx, [args["x"], args["y"]], expr.outputs)
     ctx.emit("Where", [ctx.value_of(args["mask"]), *values], expr.outputs)
 
 
@@ -335,11 +293,11 @@ def elemwise_module(ctx: ExportContext, expr: Any, module: Any) -> None:
     if mode in BINARY:
         emit_binary(ctx, expr, BINARY[mode], *operands)
     elif mode == "prelu":
-        emit_prelu(ctx, operands[0], _inputs(ctx, operands[1:], expr.outputs)[0], expr.outputs)
+        emit_prelu(ctx, operands[0], cast_inputs(ctx, operands[1:], expr.outputs)[0], expr.outputs)
     elif mode in UNARY:
         emit_unary(ctx, mode, operands[0], expr.outputs)
     elif mode in FUSE_ADD or mode in ("fuse_mul_add3", "fuse_mul_add4"):
-        _fused(ctx, mode, _inputs(ctx, operands, expr.outputs), expr.outputs)
+        _fused(ctx, mode, cast_inputs(ctx, operands, expr.outputs), expr.outputs)
     else:
         known = sorted([*UNARY, *FUSE_ADD, *BINARY, "prelu", "fuse_mul_add3", "fuse_mul_add4"])
         raise ConversionError(f"{ctx.module_path}: M.Elemwise mode {mode!r} has no ONNX form "
