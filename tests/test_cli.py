@@ -203,3 +203,52 @@ def test_where_names_megengine_modules(megengine, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert "module=bn," in lines[0] and "module=conv_bn.1," in lines[1]
+
+
+def test_validate_names_the_transform_that_drifts(scale_tm, tmp_path, capsys, monkeypatch):
+    import onnx_graphsurgeon as gs
+
+    from tm2onnx.transforms import TRANSFORMS, TransformReport
+
+    def scale_weights(graph: gs.Graph) -> TransformReport:
+        """Deliberately wrong: multiplies every constant by 1.01."""
+        report = TransformReport("scale-weights")
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant):
+                tensor.values = (tensor.values * 1.01).astype(tensor.values.dtype)
+                report.rewrote(tensor.name)
+        return report
+
+    monkeypatch.setitem(TRANSFORMS, "scale-weights", scale_weights)
+    raw, out = tmp_path / "raw.onnx", tmp_path / "out.onnx"
+    assert main(["export", str(scale_tm), "-o", str(raw), "-q"]) == 0
+    assert main(["optimize", str(raw), "-o", str(out), "--passes", "cleanup,scale-weights",
+                 "--validate", "-q"]) == 2
+    captured = capsys.readouterr()
+    assert "transform 'scale-weights' changed the outputs beyond tolerance" in captured.err
+    assert "FAIL" in captured.out
+    assert not out.exists()
+
+
+def test_validate_names_the_transform_that_breaks_the_model(scale_tm, tmp_path, capsys,
+                                                             monkeypatch):
+    import onnx_graphsurgeon as gs
+
+    from tm2onnx.transforms import TRANSFORMS, TransformReport
+
+    def upcast(graph: gs.Graph) -> TransformReport:
+        """Deliberately wrong: float64 constants beside float32 tensors."""
+        report = TransformReport("upcast")
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant):
+                tensor.values = tensor.values.astype(np.float64)
+                report.rewrote(tensor.name)
+        return report
+
+    monkeypatch.setitem(TRANSFORMS, "upcast", upcast)
+    raw, out = tmp_path / "raw.onnx", tmp_path / "out.onnx"
+    assert main(["export", str(scale_tm), "-o", str(raw), "-q"]) == 0
+    assert main(["optimize", str(raw), "-o", str(out), "--passes", "upcast", "--validate",
+                 "-q"]) == 2
+    assert "after transform 'upcast': onnxruntime cannot load" in capsys.readouterr().err
+    assert not out.exists()
