@@ -59,11 +59,6 @@ def as_list(value: Any) -> list:
     return [value]
 
 
-def scalar_or_tensor(ctx: ExportContext, value: Any, dtype: np.dtype) -> Any:
-    """A TensorNode's ONNX tensor, or a constant of `dtype` for a Python number."""
-    return ctx.arg(value, dtype=dtype)
-
-
 def cast_if_needed(ctx: ExportContext, tensor: Any, have: np.dtype | None,
                    want: np.dtype) -> Any:
     from onnx import helper
