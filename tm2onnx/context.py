@@ -24,6 +24,9 @@ class ExportContext:
         self.source = source
         self.graph = gs.Graph(opset=opset, name="tm2onnx")
         self.provenance: dict[str, dict[str, str]] = {}
+        # (tensor, traced shape, traced dtype) for each tensor a TensorNode was bound to:
+        # what guards.check_traced_shapes holds the ONNX shape inference to
+        self.expected: list[tuple[gs.Tensor, Any, Any]] = []
         self._values: dict[Any, gs.Tensor] = {}
         self._known: dict[Any, np.ndarray] = {}
         self._used_names: set[str] = set()
@@ -67,9 +70,12 @@ class ExportContext:
         return self._known[node]
 
     def set_known(self, node: Any, value: Any) -> None:
+        # a submodule's nodes are reused by each of its calls: forget the last call's tensor
+        self._values.pop(node, None)
         self._known[node] = np.asarray(value)
 
     def bind(self, node: Any, tensor: gs.Tensor) -> None:
+        self._known.pop(node, None)
         self._values[node] = tensor
 
     def is_bound(self, node: Any) -> bool:
@@ -115,7 +121,16 @@ class ExportContext:
         self._add_node(op, inputs, variables, attrs)
         for node, variable in zip(outputs, variables):
             self.bind(node, variable)
+            self.expect(node)
         return variables
+
+    def expect(self, node: Any) -> None:
+        """Hold the tensor bound to `node` to the node's traced shape and dtype (at this call:
+        a submodule's nodes carry each call's shapes while it is walked)."""
+        tensor = self._values.get(node)
+        shape = getattr(node, "shape", None)
+        if isinstance(tensor, gs.Variable) and shape is not None:
+            self.expected.append((tensor, tuple(shape), getattr(node, "dtype", None)))
 
     def op(self, op: str, inputs: Sequence[Any], *, outputs: int = 1, **attrs: Any
            ) -> gs.Variable | list[gs.Variable]:

@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .context import ExportContext
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
+from .guards import check_traced_shapes, inferred_types
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -152,8 +153,8 @@ def _bind_outputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None,
                                    where=ctx.source, hint="pick another --output-names entry")
             ctx.reserve(wanted)
             tensor.name = wanted
-        if ctx.dynamic_batch:
-            tensor.shape = None
+        if ctx.dynamic_batch and not _has_symbolic_dim(tensor):
+            tensor.shape = None  # declared from ONNX shape inference in _finish
         seen.add(id(tensor))
         outputs.append(tensor)
     return outputs
@@ -184,6 +185,7 @@ def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
 
 def _finish(ctx: ExportContext) -> onnx.ModelProto:
     ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _undeclare_data_dependent(ctx.graph)
     model = gs.export_onnx(ctx.graph, do_type_check=True)
     model.ir_version = ONNXRUNTIME_IR_VERSION
     model.producer_name, model.producer_version = "tm2onnx", __version__
@@ -191,21 +193,49 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
         for key, value in ctx.provenance.get(node.name, {}).items():
             if value:
                 node.metadata_props.add(key=key, value=value)
-    if ctx.dynamic_batch:
-        _fill_output_types(model)
+    skeleton = structure_of(model)
+    types = inferred_types(skeleton)
+    _fill_output_types(model, types)
+    del skeleton.graph.output[:]
+    skeleton.graph.output.extend(model.graph.output)
     try:
-        check_structure(model)
+        onnx.checker.check_model(skeleton, full_check=True)
     except Exception as err:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
+    check_traced_shapes(model, types, ctx.expected, ctx.source)
     return model
 
 
+def _has_symbolic_dim(tensor: gs.Tensor) -> bool:
+    """A converter set a named dim (an NMS count): it is declared so, never as the traced int."""
+    return any(isinstance(dim, str) and dim != BATCH_DIM for dim in tensor.shape or ())
+
+
+def _undeclare_data_dependent(graph: gs.Graph) -> None:
+    """Tensors computed from a data-dependent dim have their traced shapes only for the traced
+    data: leave them undeclared (outputs get ONNX's inferred shapes)."""
+    frontier = [t for t in graph.tensors().values() if _has_symbolic_dim(t)]
+    seen = {id(t) for t in frontier}
+    while frontier:
+        for node in frontier.pop().outputs:
+            for tensor in node.outputs:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    tensor.shape = None
+                    frontier.append(tensor)
+
+
 def check_structure(model: onnx.ModelProto) -> None:
-    """onnx.checker with full shape inference on the model's structure: large initializers
-    (weights) become typed graph inputs, so the checker need not serialize megabytes of them (a
-    quarter of ResNet-50's export time); small ones (shapes, sizes, axes) stay, as shape
-    inference reads their values. The weight bytes themselves come straight from numpy."""
+    """onnx.checker with full shape inference on the model's structure (see structure_of)."""
+    onnx.checker.check_model(structure_of(model), full_check=True)
+
+
+def structure_of(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its weights: large initializers become typed graph inputs, so the
+    checker and shape inference need not serialize megabytes of them (a quarter of ResNet-50's
+    export time); small ones (shapes, sizes, axes) stay, as shape inference reads their values.
+    The weight bytes themselves come straight from numpy."""
     skeleton = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
     skeleton.opset_import.extend(model.opset_import)
     graph = skeleton.graph
@@ -220,13 +250,13 @@ def check_structure(model: onnx.ModelProto) -> None:
         else:
             graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
                                                                   init.dims))
-    onnx.checker.check_model(skeleton, full_check=True)
+    return skeleton
 
 
-def _fill_output_types(model: onnx.ModelProto) -> None:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    known = {v.name: v for v in inferred.graph.value_info}
-    known.update({v.name: v for v in inferred.graph.output})
+def _fill_output_types(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]) -> None:
+    """Outputs declared without a shape (dynamic batch, data-dependent) take the inferred one."""
     for output in model.graph.output:
-        if output.name in known and known[output.name].type.tensor_type.HasField("shape"):
-            output.type.CopyFrom(known[output.name].type)
+        inferred = types.get(output.name)
+        if (not output.type.tensor_type.HasField("shape") and inferred is not None
+                and inferred.tensor_type.HasField("shape")):
+            output.type.CopyFrom(inferred)

@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from megengine.traced_module.expr import CallMethod, Constant, GetAttr, Input
 from megengine.traced_module.node import ModuleNode, TensorNode
 
+from .callshapes import CallShapes, synchronous_megengine
 from .context import ExportContext
 from .converters import describe_target, find_converter
 from .errors import ConversionError, Tm2OnnxError
@@ -22,6 +23,7 @@ class _Walk:
         self.modules: dict[Any, tuple[Any, str]] = {traced.graph.inputs[0]: (traced, "")}
         self.poisoned: set[Any] = set()
         self.unsupported: list[str] = []
+        self.shapes = CallShapes(ctx, self.modules)
 
     def run(self, graph: Any) -> list[str]:
         for expr in graph.exprs(recursive=False):
@@ -31,6 +33,7 @@ class _Walk:
                 self._inline(expr)
                 continue
             self.ctx.expr, self.ctx.module_path = expr, self._module_path(expr)
+            self.shapes.rerun(expr)
             self._convert(expr)
         return self.unsupported
 
@@ -42,22 +45,25 @@ class _Walk:
 
     def _inline(self, call: Any) -> None:
         """Walk the called module's graph with its inputs aliased to the caller's values; its
-        outputs take the caller's names, as `flatten()` would name them."""
+        outputs take the caller's names, as `flatten()` would name them. The graph is shared
+        by every call with this signature: its node shapes are set to this call's meanwhile."""
         module_node = call.inputs[0]
         graph = self.modules[module_node][0].argdef_graph_map[call.arg_def]
         inner_inputs = graph.inputs
         self.modules[inner_inputs[0]] = self.modules[module_node]
-        for outer, inner in zip(call.inputs[1:], inner_inputs[1:]):
-            self._alias(inner, outer)
         outer_prefix = self.ctx.name_prefix
-        self.ctx.name_prefix = f"{outer_prefix}{module_node.name}_"
-        try:
-            self.run(graph)
-        finally:
-            self.ctx.name_prefix = outer_prefix
+        with self.shapes.call(call, graph):
+            for outer, inner in zip(call.inputs[1:], inner_inputs[1:]):
+                self._alias(inner, outer)
+            self.ctx.name_prefix = f"{outer_prefix}{module_node.name}_"
+            try:
+                self.run(graph)
+            finally:
+                self.ctx.name_prefix = outer_prefix
         for outer, inner in zip(call.outputs, graph.outputs):
             self._alias(outer, inner)
             self.ctx.adopt_name(outer)
+            self.ctx.expect(outer)  # the caller's node has this call's shape
 
     def _alias(self, target: Any, source: Any) -> None:
         if source in self.poisoned:
@@ -152,7 +158,8 @@ class _Walk:
 
 def convert_all(ctx: ExportContext, traced: Any) -> list[str]:
     """Convert every expr; return descriptions of those with no converter (empty when all ok)."""
-    return _Walk(ctx, traced).run(traced.graph)
+    with synchronous_megengine():
+        return _Walk(ctx, traced).run(traced.graph)
 
 
 def _numpy(value: Any, like: Any = None) -> np.ndarray:

@@ -189,7 +189,9 @@ def copy(ctx: ExportContext, expr: Any) -> None:
     _identity(ctx, call_args(expr)["inp"], expr.outputs)  # the device argument means nothing here
 
 
-@module_converter(M.Identity)
+# float M.QuantStub/DequantStub are identities until quantize_qat replaces them (their qat.
+# subclasses override forward with fake quantization, and are refused through the MRO rule)
+@module_converter(M.Identity, M.QuantStub, M.DequantStub)
 def identity_module(ctx: ExportContext, expr: Any, module: Any) -> None:
     _identity(ctx, expr.args[1], expr.outputs)
 

@@ -147,14 +147,22 @@ def _same_dtype(ctx: ExportContext, nodes: list, expr: Any) -> list:
     return [cast_if_needed(ctx, ctx.value_of(n), tensor_dtype(n), want) for n in nodes]
 
 
-@function_converter(F.concat)
-def concat(ctx: ExportContext, expr: Any) -> None:
-    args = call_args(expr)
-    inputs = _same_dtype(ctx, list(args["inps"]), expr)
+def emit_concat(ctx: ExportContext, expr: Any, nodes: list, axis: int) -> None:
+    """MegEngine concatenates a 0-d tensor as shape (1,) (`F.concat([scale_w, scale_h])`);
+    ONNX Concat needs rank >= 1, so those are reshaped first."""
+    inputs = [ctx.op("Reshape", [tensor, ctx.shape_const([1])]) if len(node.shape) == 0
+              else tensor for node, tensor in zip(nodes, _same_dtype(ctx, nodes, expr))]
     if len(inputs) == 1:
         ctx.emit("Identity", inputs, expr.outputs)
         return
-    ctx.emit("Concat", inputs, expr.outputs, axis=int(args["axis"]))
+    axis = normalize_axis(int(axis), len(expr.outputs[0].shape))
+    ctx.emit("Concat", inputs, expr.outputs, axis=axis)
+
+
+@function_converter(F.concat)
+def concat(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    emit_concat(ctx, expr, list(args["inps"]), args["axis"])
 
 
 @function_converter(F.stack)

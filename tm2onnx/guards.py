@@ -1,0 +1,78 @@
+"""One general check against silent wrong exports: ONNX shape inference, started from the graph
+inputs alone (every declared intermediate shape stripped), must agree with the shape and dtype
+MegEngine traced for each node; a disagreement is an error naming the expr that made it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import ConversionError
+
+Expectation = tuple[Any, Any, Any]  # (gs tensor, traced shape, traced dtype)
+
+
+def inferred_types(skeleton: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Every tensor's type as ONNX infers it with no value_info and untyped output shapes."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(skeleton)
+    del stripped.graph.value_info[:]
+    for output in stripped.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
+    graph = inferred.graph
+    return {value.name: value.type for value in (*graph.input, *graph.value_info, *graph.output)}
+
+
+def check_traced_shapes(model: onnx.ModelProto, types: dict[str, onnx.TypeProto],
+                        expected: Iterable[Expectation], source: str) -> None:
+    """Dims ONNX leaves symbolic or unknown (a dynamic batch, a data-dependent count) are
+    skipped; every concrete dim, the rank and the element type must match the trace."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    for tensor, shape, dtype in expected:
+        onnx_type = types.get(tensor.name)
+        if onnx_type is None or not onnx_type.HasField("tensor_type"):
+            continue
+        problem = _disagreement(onnx_type.tensor_type, tuple(shape), dtype)
+        if problem:
+            raise ConversionError(f"{_where(producers.get(tensor.name))}{tensor.name}: {problem}",
+                                  where=source, hint="the export would compute another shape "
+                                  "than MegEngine; this is a tm2onnx bug, please report it")
+
+
+def _disagreement(tensor_type: Any, shape: tuple, dtype: Any) -> str:
+    want_type = _elem_type(dtype)
+    have_type = tensor_type.elem_type
+    if want_type is not None and have_type and have_type != want_type:
+        return (f"ONNX infers {onnx.TensorProto.DataType.Name(have_type)}, MegEngine traced "
+                f"{np.dtype(dtype)}")
+    if not tensor_type.HasField("shape"):
+        return ""
+    dims = [dim.dim_value if dim.HasField("dim_value") else None
+            for dim in tensor_type.shape.dim]
+    concrete = [(have, want) for have, want in zip(dims, shape) if have is not None]
+    if len(dims) != len(shape) or any(have != want for have, want in concrete):
+        shown = ["?" if dim is None else dim for dim in dims]
+        return f"ONNX infers shape {shown}, MegEngine traced {list(shape)}"
+    return ""
+
+
+def _elem_type(dtype: Any) -> int | None:
+    if dtype is None:
+        return None
+    try:
+        return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    except (TypeError, KeyError, ValueError):  # quantized and other MegEngine-only dtypes
+        return None
+
+
+def _where(node: Any) -> str:
+    if node is None:
+        return ""
+    props = {prop.key: prop.value for prop in node.metadata_props}
+    expr = props.get("expr") or node.name
+    module = f" in {props['module']}" if props.get("module") else ""
+    return f"{expr}{module}: "
