@@ -257,8 +257,13 @@ def clip(ctx: ExportContext, expr: Any) -> None:
     """MegEngine clips as `x < lower ? lower : min(x, upper)`: the same as Clip only for scalar
     bounds with lower <= upper (Clip gives `upper` everywhere otherwise)."""
     args = call_args(expr)
-    lower, upper, outputs = args["lower"], args["upper"], expr.outputs
-    [x] = cast_inputs(ctx, [args["x"]], outputs)
+    emit_clip(ctx, args["x"], args["lower"], args["upper"], expr.outputs)
+
+
+def emit_clip(ctx: ExportContext, x_node: Any, lower: Any, upper: Any, outputs: list) -> None:
+    lower, upper = (float(ctx.known(b)) if hasattr(b, "expr") and ctx.is_known(b) and
+                    ctx.known(b).size == 1 else b for b in (lower, upper))
+    [x] = cast_inputs(ctx, [x_node], outputs)
     if not any(hasattr(b, "expr") for b in (lower, upper)) and (
             lower is None or upper is None or lower <= upper):
         limits = ["" if b is None else _scalar(ctx, b, outputs) for b in (lower, upper)]
@@ -290,9 +295,16 @@ def _fused(ctx: ExportContext, mode: str, xs: list, outputs: list) -> None:
 
 @module_converter(M.Elemwise)
 def elemwise_module(ctx: ExportContext, expr: Any, module: Any) -> None:
-    mode = str(module.method).rsplit(".", 1)[-1].lower()  # "add" or Elemwise.Mode.ADD
-    operands = list(expr.args[1:])
-    if mode in BINARY:
+    emit_elemwise(ctx, expr, str(module.method), list(expr.args[1:]))
+
+
+def emit_elemwise(ctx: ExportContext, expr: Any, mode: str, operands: list) -> None:
+    """One MegEngine Elemwise mode ("add" or Elemwise.Mode.ADD) on its operands: M.Elemwise
+    and raw apply(Elemwise) exprs share it."""
+    mode = mode.rsplit(".", 1)[-1].lower()
+    if mode == "clip":
+        emit_clip(ctx, *operands, expr.outputs)
+    elif mode in BINARY:
         emit_binary(ctx, expr, BINARY[mode], *operands)
     elif mode == "prelu":
         emit_prelu(ctx, operands[0], cast_inputs(ctx, operands[1:], expr.outputs)[0], expr.outputs)
@@ -302,6 +314,6 @@ def elemwise_module(ctx: ExportContext, expr: Any, module: Any) -> None:
         _fused(ctx, mode, cast_inputs(ctx, operands, expr.outputs), expr.outputs)
     else:
         known = sorted([*UNARY, *FUSE_ADD, *BINARY, "prelu", "fuse_mul_add3", "fuse_mul_add4"])
-        raise ConversionError(f"{ctx.module_path}: M.Elemwise mode {mode!r} has no ONNX form "
+        raise ConversionError(f"{ctx.base_name}: Elemwise mode {mode!r} has no ONNX form "
                               "in tm2onnx", where=ctx.source,
                               hint=f"use one of {', '.join(known)}")

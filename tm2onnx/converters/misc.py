@@ -49,14 +49,19 @@ def _resize_sizes(ctx: ExportContext, x: Any, out_shape: list[int]) -> Any:
 @function_converter(F.nn.interpolate)
 def interpolate(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    mode = str(args["mode"]).lower()
+    emit_resize(ctx, expr, args["inp"], str(args["mode"]).lower(), bool(args["align_corners"]))
+
+
+def emit_resize(ctx: ExportContext, expr: Any, x_node: Any, mode: str,
+                align_corners: bool) -> None:
+    """Resize to the output node's size (of this call) in MegEngine's coordinate mapping."""
     if mode not in RESIZE_MODES:
         raise ConversionError(f"{ctx.base_name}: interpolate mode={mode!r} has no ONNX form",
                               where=ctx.source, hint=f"use one of {sorted(RESIZE_MODES)}")
     onnx_mode, transform = RESIZE_MODES[mode]
-    if args["align_corners"]:
+    if align_corners:
         transform = "align_corners"
-    x = _input_as(ctx, args["inp"], out_dtype(expr))  # MegEngine resizes float16 as float32
+    x = _input_as(ctx, x_node, out_dtype(expr))  # MegEngine resizes float16 as float32
     out_shape = list(expr.outputs[0].shape)
     if mode == "linear":  # MegEngine resizes (N, C, L) as (N, C, L, 1)
         x = ctx.op("Unsqueeze", [x, ctx.shape_const([3])])

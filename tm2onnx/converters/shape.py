@@ -90,7 +90,7 @@ def _transpose_steps(ctx: ExportContext, pattern: list, rank: int) -> list[tuple
     return steps
 
 
-def _emit_transpose(ctx: ExportContext, expr: Any, x: Any, pattern: Any) -> None:
+def emit_transpose(ctx: ExportContext, expr: Any, x: Any, pattern: Any) -> None:
     rank = len(x.shape)
     pattern = list(reversed(range(rank))) if pattern is None else list(pattern)
     chain(ctx, expr, ctx.value_of(x), _transpose_steps(ctx, pattern, rank))
@@ -102,13 +102,13 @@ def transpose_method(ctx: ExportContext, expr: Any) -> None:
     pattern = tuple(args["args"])
     if len(pattern) == 1 and isinstance(pattern[0], Sequence):
         pattern = pattern[0]
-    _emit_transpose(ctx, expr, args["self"], pattern or None)
+    emit_transpose(ctx, expr, args["self"], pattern or None)
 
 
 @function_converter(F.transpose)
 def transpose_function(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    _emit_transpose(ctx, expr, args["inp"], args["pattern"])
+    emit_transpose(ctx, expr, args["inp"], args["pattern"])
 
 
 @function_converter(F.swapaxes)
@@ -118,7 +118,7 @@ def swapaxes(ctx: ExportContext, expr: Any) -> None:
     pattern = list(range(len(x.shape)))
     a, b = int(args["axis1"]), int(args["axis2"])
     pattern[a], pattern[b] = pattern[b], pattern[a]
-    _emit_transpose(ctx, expr, x, pattern)
+    emit_transpose(ctx, expr, x, pattern)
 
 
 @function_converter(F.expand_dims)
@@ -168,8 +168,11 @@ def concat(ctx: ExportContext, expr: Any) -> None:
 @function_converter(F.stack)
 def stack(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    axis = int(args["axis"])
-    inputs = _same_dtype(ctx, list(args["inps"]), expr)
+    emit_stack(ctx, expr, list(args["inps"]), int(args["axis"]))
+
+
+def emit_stack(ctx: ExportContext, expr: Any, nodes: list, axis: int) -> None:
+    inputs = _same_dtype(ctx, nodes, expr)
     if len(inputs) == 1:
         ctx.emit("Unsqueeze", [inputs[0], ctx.shape_const([axis])], expr.outputs)
         return
