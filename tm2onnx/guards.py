@@ -16,12 +16,16 @@ Expectation = tuple[Any, Any, Any]  # (gs tensor, traced shape, traced dtype)
 
 
 def inferred_types(skeleton: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Every tensor's type as ONNX infers it with no value_info and untyped output shapes."""
+    """Every tensor's type as ONNX infers it from the inputs: traced intermediate and output
+    shapes are stripped; symbolic dims a converter declared (a data-dependent count) stay."""
     stripped = onnx.ModelProto()
     stripped.CopyFrom(skeleton)
+    symbolic = [value for value in stripped.graph.value_info if _has_dim_param(value)]
     del stripped.graph.value_info[:]
+    stripped.graph.value_info.extend(symbolic)
     for output in stripped.graph.output:
-        output.type.tensor_type.ClearField("shape")
+        if not _has_dim_param(output):
+            output.type.tensor_type.ClearField("shape")
     inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
     graph = inferred.graph
     return {value.name: value.type for value in (*graph.input, *graph.value_info, *graph.output)}
@@ -41,6 +45,10 @@ def check_traced_shapes(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]
             raise ConversionError(f"{_where(producers.get(tensor.name))}{tensor.name}: {problem}",
                                   where=source, hint="the export would compute another shape "
                                   "than MegEngine; this is a tm2onnx bug, please report it")
+
+
+def _has_dim_param(value: onnx.ValueInfoProto) -> bool:
+    return any(dim.HasField("dim_param") for dim in value.type.tensor_type.shape.dim)
 
 
 def _disagreement(tensor_type: Any, shape: tuple, dtype: Any) -> str:
