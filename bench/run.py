@@ -1,6 +1,7 @@
 """tm2onnx bench on ResNet-50 (1x3x224x224, seeded random weights, built in memory):
 `python bench/run.py [--quick]`. Prints export time and memory, MegEngine and onnxruntime CPU
-latency (2 threads each), and PASS/MISS against the project's targets. Sections are functions."""
+latency (2 threads each), a big-graph row (a 16k-expr deep MLP: export vs trace_module, growth
+for 4x exprs) and PASS/MISS against the project's targets. Sections are functions."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ EXPORT_MAX_S = 0.6             # absolute export wall time
 EXPORT_MAX_FORWARDS = 4.0      # export time / one MegEngine forward pass
 ORT_MAX_FRACTION = 1 / 3       # onnxruntime latency / MegEngine latency
 DEEP_FP32 = {"rtol": 1e-4, "atol": 1e-4}  # as tests/test_models.py: sanity of what we time
+BIG_EXPRS = 16_000             # big-graph row: a deep residual MLP of about this many exprs
+EXPORT_MAX_TRACE = 1.0         # its export time / MegEngine's own trace_module time
+GROWTH_MAX = 4.5               # export time growth for 4x the exprs
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Bench:
     exprs: int
     export_runs: int
     latency_runs: int
+    quick: bool = False
     model: Any = None
     timings: dict[str, Timing] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
@@ -53,7 +58,7 @@ def setup(quick: bool) -> Bench:
         traced, inputs = build(MODEL)
     exprs = len(list(traced.flatten().graph.exprs()))
     return Bench(traced, inputs, exprs, export_runs=3 if quick else 5,
-                 latency_runs=5 if quick else 10)
+                 latency_runs=5 if quick else 10, quick=quick)
 
 
 def export_section(bench: Bench) -> None:
@@ -119,7 +124,70 @@ def runtime_section(bench: Bench) -> None:
                                 ratio <= ORT_MAX_FRACTION, f"<= {ORT_MAX_FRACTION:.2f}"))
 
 
-SECTIONS = (export_section, megengine_section, runtime_section)
+def deep_mlp(blocks: int) -> Any:
+    """`blocks` residual blocks x + fc2(relu(fc1(x))), each its own traced submodule: about
+    six exprs per block once flattened."""
+    import megengine.functional as F
+    import megengine.module as M
+
+    class Block(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = M.Linear(16, 16), M.Linear(16, 16)
+
+        def forward(self, x):
+            return x + self.fc2(F.relu(self.fc1(x)))
+
+    class DeepMLP(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [Block() for _ in range(blocks)]
+
+        def forward(self, x):
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    return DeepMLP()
+
+
+def _trace_and_export(exprs: int) -> tuple[int, float, float]:
+    """(flattened exprs, trace_module seconds, export seconds), one run each (big graphs)."""
+    import time
+
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    import tm2onnx
+
+    net = deep_mlp(max(1, exprs // 6))
+    net.eval()
+    start = time.perf_counter()
+    traced = tm.trace_module(net, mge.Tensor(np.ones((2, 16), np.float32)))
+    trace_s = time.perf_counter() - start
+    start = time.perf_counter()
+    tm2onnx.export(traced)
+    export_s = time.perf_counter() - start
+    return len(list(traced.flatten().graph.exprs())), trace_s, export_s
+
+
+def big_graph_section(bench: Bench) -> None:
+    """Export vs MegEngine's own trace_module on a deep residual MLP, and growth for 4x exprs."""
+    size = BIG_EXPRS // 4 if bench.quick else BIG_EXPRS
+    small_exprs, _, small_s = _trace_and_export(size // 4)
+    exprs, trace_s, export_s = _trace_and_export(size)
+    ratio, growth = export_s / trace_s, export_s / small_s
+    bench.rows += [
+        Row("big graph", f"deep MLP, {exprs} exprs", f"export {export_s:.2f} s, "
+            f"trace_module {trace_s:.2f} s"),
+        check("big graph", "export / trace_module", f"{ratio:.2f}x", ratio <= EXPORT_MAX_TRACE,
+              f"<= {EXPORT_MAX_TRACE:g}x"),
+        check("big graph", f"export growth {small_exprs} -> {exprs} exprs", f"{growth:.2f}x",
+              growth <= GROWTH_MAX, f"<= {GROWTH_MAX:g}x"),
+    ]
+
+
+SECTIONS = (export_section, megengine_section, runtime_section, big_graph_section)
 
 
 def run_section(section: Any, bench: Bench) -> None:
@@ -127,7 +195,7 @@ def run_section(section: Any, bench: Bench) -> None:
     from tm2onnx import Tm2OnnxError
 
     name = section.__name__.removesuffix("_section")
-    needs_model = section is not export_section and section is not megengine_section
+    needs_model = section in (runtime_section,)
     if needs_model and bench.model is None:
         bench.rows.append(check(name, "skipped", "no exported model", False, "runs"))
         return
@@ -142,7 +210,8 @@ def run_section(section: Any, bench: Bench) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="fewer timed runs (3 exports, 5 latencies): a smoke run, not a result")
+                        help="fewer timed runs (3 exports, 5 latencies), a 4k-expr big graph: a smoke "
+                             "run, not a result")
     args = parser.parse_args(argv)
     bench = setup(args.quick)
     print(f"{MODEL} 1x3x224x224, {bench.exprs} exprs; export median of {bench.export_runs} "

@@ -31,19 +31,38 @@ class ExportContext:
         self._known: dict[Any, np.ndarray] = {}
         self._used_names: set[str] = set()
         self._node_names: set[str] = set()
+        self._counters: dict[int, dict[str, int]] = {}  # namespace id -> next suffix per base
+        self._provenance_of: tuple[Any, dict[str, str]] = (None, {})  # for the current expr
         self._const_count = 0
-        self.expr = None
+        self._expr = None
         self.module_path = ""
         self.name_prefix = ""  # `conv_bn_` inside an inlined submodule `conv_bn`
 
+    @property
+    def expr(self) -> Any:
+        """The expr being converted (None between exprs)."""
+        return self._expr
+
+    @expr.setter
+    def expr(self, expr: Any) -> None:
+        self._expr = expr
+        self._provenance_of = (None, {})
+
     # ---- names -------------------------------------------------------------------------
     def unique(self, name: str, *, namespace: set[str] | None = None) -> str:
-        """`name`, or `name_1`, `name_2`... : tensors and nodes have separate namespaces."""
+        """`name`, or `name_1`, `name_2`... : tensors and nodes have separate namespaces.
+        A counter per base name keeps this O(1): probing `name_1, name_2, ...` one by one is
+        quadratic when thousands of nodes share a base (a module path, or `""`)."""
         used = self._used_names if namespace is None else namespace
-        candidate, index = name, 1
-        while candidate in used:
-            candidate = f"{name}_{index}"
+        if name not in used:
+            used.add(name)
+            return name
+        counters = self._counters.setdefault(id(used), {})
+        index = counters.get(name, 1)
+        while f"{name}_{index}" in used:  # skips only names reserved by other means
             index += 1
+        counters[name] = index + 1
+        candidate = f"{name}_{index}"
         used.add(candidate)
         return candidate
 
@@ -179,8 +198,14 @@ class ExportContext:
                            shape=list(shape) if shape is not None else None)
 
     def _provenance(self) -> dict[str, str]:
+        """Computed once per expr (repr of an expr unflattens its arguments: not cheap)."""
         if self.expr is None:
             return {}
+        if self._provenance_of[0] is None:
+            self._provenance_of = (self.expr, self._describe_expr())
+        return self._provenance_of[1]
+
+    def _describe_expr(self) -> dict[str, str]:
         outputs = self.expr.outputs
         return {"module": self.module_path,
                 "qualname": outputs[0].qualname if outputs else "",

@@ -26,7 +26,9 @@ def inferred_types(skeleton: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     for output in stripped.graph.output:
         if not _has_dim_param(output):
             output.type.tensor_type.ClearField("shape")
-    inferred = onnx.shape_inference.infer_shapes(stripped, data_prop=True)
+    # strict and type-checked: this is also the checker's full_check, run once instead of twice
+    inferred = onnx.shape_inference.infer_shapes(stripped, check_type=True, strict_mode=True,
+                                                 data_prop=True)
     graph = inferred.graph
     return {value.name: value.type for value in (*graph.input, *graph.value_info, *graph.output)}
 
