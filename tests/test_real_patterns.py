@@ -292,3 +292,15 @@ def test_float_quant_stubs_are_identities(megengine):
     model = tm2onnx.export(traced)
     assert ops(model).count("Identity") == 2
     _assert_close(_reference(traced, [x]), _run(model, [x]))
+
+
+def test_fresh_names_from_a_counter_skip_reserved_names():
+    """Thousands of nodes share base names (a module path, or ""): a counter per base, which
+    still never hands out a name reserved by other means."""
+    from tm2onnx.context import ExportContext
+
+    ctx = ExportContext(opset=17, dynamic_batch=False, source="test")
+    ctx.reserve("conv_2")
+    names = [ctx.unique("conv") for _ in range(4)] + [ctx.unique("") for _ in range(3)]
+    assert names == ["conv", "conv_1", "conv_3", "conv_4", "", "_1", "_2"]
+    assert [ctx.node_name("conv") for _ in range(2)] == ["conv", "conv_1"]  # own namespace

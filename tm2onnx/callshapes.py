@@ -76,9 +76,9 @@ class CallShapes:
         """Give the expr's output nodes this call's shapes by running it on stand-in values."""
         if not self.frames or isinstance(expr, (Input, GetAttr, Constant)):
             return
-        inputs = [self.modules[node][0] if isinstance(node, ModuleNode) else self._value(node)
-                  for node in expr.inputs]
         try:
+            inputs = [self.modules[node][0] if isinstance(node, ModuleNode)
+                      else self._value(node) for node in expr.inputs]
             results = expr.interpret(*inputs)
         except Exception as err:
             raise ConversionError(
