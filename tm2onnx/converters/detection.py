@@ -1,0 +1,188 @@
+"""Detector post-processing: F.argsort/F.sort (TopK), F.cond_take (NonZero+Gather) and
+F.vision.nms (NonMaxSuppression), whose outputs have data-dependent sizes declared as symbolic
+dims; F.vision.roi_align (RoiAlign) and F.vision.roi_pooling (MaxRoiPool)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import megengine.functional as F
+import numpy as np
+from megengine.core.ops import builtin
+
+from ..context import ExportContext
+from ..errors import ConversionError
+from . import apply_converter, function_converter
+from ._util import call_args, cast_if_needed, onnx_dtype, out_dtype, pair, tensor_dtype
+
+HALF_PIXEL_OPSET = 16  # RoiAlign's coordinate_transformation_mode arrived in opset 16
+
+
+def data_dependent(ctx: ExportContext, variables: Sequence[Any], nodes: Sequence[Any],
+                   axis: int = 0) -> None:
+    """Declare `axis` of each output as one symbolic dim (`<first output>_n`): its size is
+    known only at run time. Other dims keep the traced size (unknown with a dynamic batch)."""
+    dim = f"{nodes[0].name}_n"
+    for variable, node in zip(variables, nodes):
+        shape = [None if ctx.dynamic_batch else int(d) for d in node.shape]
+        shape[axis] = dim
+        variable.shape = shape
+
+
+def axis_size(ctx: ExportContext, node: Any, axis: int) -> Any:
+    """A 1-element int64 tensor holding `node.shape[axis]`: a constant when the traced size
+    holds at run time, else read with Shape."""
+    if not ctx.has_runtime_shape(node) and not ctx.dynamic_batch:
+        return ctx.shape_const([int(node.shape[axis])])
+    shape = ctx.op("Shape", [ctx.value_of(node)])
+    return ctx.op("Gather", [shape, ctx.shape_const([axis])], axis=0)
+
+
+def _refuse(ctx: ExportContext, what: str, hint: str) -> ConversionError:
+    return ConversionError(f"{ctx.base_name}: {what}", where=ctx.source, hint=hint)
+
+
+# ---- sorting -------------------------------------------------------------------------------
+def _sorted(ctx: ExportContext, x: Any, descending: bool) -> list[Any]:
+    """(values, int64 indices) of a full sort along the last axis. TopK puts the lower index
+    first among equal values; MegEngine's order among ties is not specified."""
+    k = axis_size(ctx, x, -1)
+    return ctx.op("TopK", [ctx.value_of(x), k], outputs=2, axis=-1, largest=int(descending),
+                  sorted=1)
+
+
+@function_converter(F.argsort)
+def argsort(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    _, indices = _sorted(ctx, args["inp"], bool(args["descending"]))
+    ctx.emit("Cast", [indices], expr.outputs, to=onnx_dtype(out_dtype(expr)))
+
+
+@function_converter(F.sort)
+def sort(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    values, indices = _sorted(ctx, args["inp"], bool(args["descending"]))
+    ctx.emit("Identity", [values], expr.outputs[:1])
+    ctx.emit("Cast", [indices], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+
+
+@apply_converter(builtin.Argsort)
+def argsort_opdef(ctx: ExportContext, expr: Any) -> None:
+    """Raw `apply(Argsort)` (functions imported by name): (values, int32 indices)."""
+    descending = expr.opdef.order == builtin.Argsort.Order.DESCENDING
+    values, indices = _sorted(ctx, expr.inputs[0], descending)
+    ctx.emit("Identity", [values], expr.outputs[:1])
+    ctx.emit("Cast", [indices], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+
+
+# ---- selection with data-dependent sizes ----------------------------------------------------
+def flat_nonzero(ctx: ExportContext, mask: Any) -> Any:
+    """int64 positions (1-D) of the True elements of a bool tensor, in row-major order."""
+    flat = ctx.op("Reshape", [mask, ctx.shape_const([-1])])
+    return ctx.op("Reshape", [ctx.op("NonZero", [flat]), ctx.shape_const([-1])])
+
+
+def _cond_take(ctx: ExportContext, expr: Any, mask: Any, x: Any) -> None:
+    if np.dtype(mask.dtype) != np.bool_ or tuple(mask.shape) != tuple(x.shape):
+        raise _refuse(ctx, f"cond_take with a {mask.dtype} mask of shape {mask.shape} on "
+                      f"shape {x.shape}", "give a bool mask of the value's own shape")
+    positions = flat_nonzero(ctx, ctx.value_of(mask))
+    flat_x = ctx.op("Reshape", [ctx.value_of(x), ctx.shape_const([-1])])
+    values = ctx.emit("Gather", [flat_x, positions], expr.outputs[:1], axis=0)
+    index = ctx.emit("Cast", [positions], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+    data_dependent(ctx, values + index, expr.outputs)
+
+
+@function_converter(F.cond_take)
+def cond_take(ctx: ExportContext, expr: Any) -> None:
+    """(x[mask] flattened, int32 flat indices): NonZero of the flat mask, then Gather."""
+    args = call_args(expr)
+    _cond_take(ctx, expr, args["mask"], args["x"])
+
+
+@apply_converter(builtin.CondTake)
+def cond_take_opdef(ctx: ExportContext, expr: Any) -> None:
+    x, mask = expr.inputs[:2]
+    _cond_take(ctx, expr, mask, x)
+
+
+@function_converter(F.vision.nms)
+def nms(ctx: ExportContext, expr: Any) -> None:
+    """NonMaxSuppression on one batch and class; the kept box column, as int32, in MegEngine's
+    order (descending score). MegEngine keeps all boxes when `max_output` is None."""
+    args = call_args(expr)
+    boxes, scores = args["boxes"], args["scores"]
+    max_output = args["max_output"]
+    keep = (ctx.shape_const([int(max_output)]) if max_output is not None
+            else axis_size(ctx, boxes, 0))
+    boxes3 = ctx.op("Unsqueeze", [_float32(ctx, boxes), ctx.shape_const([0])])
+    scores3 = ctx.op("Reshape", [_float32(ctx, scores), ctx.shape_const([1, 1, -1])])
+    iou = ctx.const(np.asarray([args["iou_thresh"]], dtype=np.float32))
+    selected = ctx.op("NonMaxSuppression", [boxes3, scores3, keep, iou])
+    column = ctx.op("Gather", [selected, ctx.shape_const([2])], axis=1)
+    flat = ctx.op("Reshape", [column, ctx.shape_const([-1])])
+    kept = ctx.emit("Cast", [flat], expr.outputs, to=onnx_dtype(out_dtype(expr)))
+    data_dependent(ctx, kept, expr.outputs)
+
+
+def _float32(ctx: ExportContext, node: Any) -> Any:
+    return cast_if_needed(ctx, ctx.value_of(node), tensor_dtype(node), np.float32)
+
+
+# ---- RoI feature extraction ------------------------------------------------------------------
+def _split_rois(ctx: ExportContext, rois: Any) -> tuple[Any, Any]:
+    """MegEngine's (K, 5) `(batch_index, x1, y1, x2, y2)` rois as ONNX's boxes and indices."""
+    rois = _float32(ctx, rois)
+    column = ctx.op("Gather", [rois, ctx.const(np.asarray(0, dtype=np.int64))], axis=1)
+    index = ctx.op("Cast", [column], to=onnx_dtype(np.int64))
+    boxes = ctx.op("Slice", [rois, ctx.shape_const([1]), ctx.shape_const([5]),
+                             ctx.shape_const([1])])
+    return boxes, index
+
+
+@function_converter(F.vision.roi_align)
+def roi_align(ctx: ExportContext, expr: Any) -> None:
+    """RoiAlign (avg, half_pixel: opset 16) on the input padded by one zero pixel, boxes moved
+    to match. MegEngine reads pixels outside the image as zero and never clamps the RoI size
+    to 1; onnxruntime clamps samples within a pixel of the border to it. With the padding every
+    sample lands where both agree (checked against MegEngine for RoIs far outside the image)."""
+    args = call_args(expr)
+    mode = str(args["mode"]).lower()
+    height, width = pair(args["output_shape"])
+    sample_h, sample_w = pair(args["sample_points"])
+    if mode != "average":
+        raise _refuse(ctx, f"roi_align mode={mode!r}: onnxruntime's max RoiAlign takes the "
+                      "max of weighted corners, not of interpolated samples",
+                      "use mode='average'")
+    if sample_h != sample_w or sample_h < 1:
+        raise _refuse(ctx, f"roi_align sample_points={args['sample_points']!r}: ONNX has one "
+                      "positive sampling_ratio for both axes (0 means adaptive, not dense)",
+                      "use equal positive sample_points")
+    if ctx.opset < HALF_PIXEL_OPSET:
+        raise _refuse(ctx, "roi_align needs RoiAlign's half_pixel mode (older RoiAlign clamps "
+                      f"RoIs to at least one pixel), from opset {HALF_PIXEL_OPSET}",
+                      f"export with --opset {HALF_PIXEL_OPSET} or more")
+    scale = float(args["spatial_scale"])
+    boxes, index = _split_rois(ctx, args["rois"])
+    # half_pixel subtracts 0.5; MegEngine subtracts 0.5 when aligned, else 0; padding adds 1
+    offset = (1.5 - (0.5 if args["aligned"] else 0.0)) / scale
+    boxes = ctx.op("Add", [boxes, ctx.const(np.asarray(offset, np.float32))])
+    padded = ctx.op("Pad", [_float32(ctx, args["inp"]),
+                            ctx.shape_const([0, 0, 1, 1, 0, 0, 1, 1])], mode="constant")
+    ctx.emit("RoiAlign", [padded, boxes, index], expr.outputs, mode="avg",
+             output_height=height, output_width=width, sampling_ratio=sample_h,
+             spatial_scale=scale, coordinate_transformation_mode="half_pixel")
+
+
+@function_converter(F.vision.roi_pooling)
+def roi_pooling(ctx: ExportContext, expr: Any) -> None:
+    """MaxRoiPool takes MegEngine's (K, 5) rois as they are."""
+    args = call_args(expr)
+    mode = str(args["mode"]).lower()
+    if mode != "max":
+        raise _refuse(ctx, f"roi_pooling mode={mode!r}: ONNX has only MaxRoiPool",
+                      "use mode='max'")
+    ctx.emit("MaxRoiPool", [ctx.value_of(args["inp"]), _float32(ctx, args["rois"])],
+             expr.outputs, pooled_shape=pair(args["output_shape"]),
+             spatial_scale=float(args["scale"]))
