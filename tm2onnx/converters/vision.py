@@ -1,0 +1,161 @@
+"""Image-space ops: F.roll (Slice+Concat), F.linspace with runtime pieces (Range arithmetic),
+F.vision.remap and F.vision.warp_perspective (GridSample on a pixel grid, opset 16+)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import megengine.functional as F
+import numpy as np
+
+from ..context import ExportContext
+from ..errors import ConversionError
+from . import function_converter
+from ._util import as_list, call_args, cast_if_needed, normalize_axis, onnx_dtype, out_dtype
+from .detection import data_dependent
+from .misc import _float_scalar as float_scalar
+
+GRID_SAMPLE_OPSET = 16
+LINEAR_RENAMED_OPSET = 20  # GridSample-20 calls bilinear "linear"
+INT64_MAX = int(np.iinfo(np.int64).max)
+# MegEngine border modes -> GridSample padding_mode; "constant" is zeros shifted by the scalar.
+# Its per-pixel border indexing equals GridSample's continuous clamp/reflection about -0.5.
+BORDER_MODES = {"replicate": "border", "constant": "zeros", "reflect": "reflection"}
+INTERP_MODES = {"linear": "bilinear", "nearest": "nearest"}
+
+
+def _refuse(ctx: ExportContext, what: str, hint: str) -> ConversionError:
+    return ConversionError(f"{ctx.base_name}: {what}", where=ctx.source, hint=hint)
+
+
+# ---- roll ------------------------------------------------------------------------------------
+def _roll_axis(ctx: ExportContext, x: Any, size: int, shift: int, axis: int) -> Any:
+    """x rolled by `shift` along `axis` of static `size`: Concat(x[size-s:], x[:size-s])."""
+    cut = size - shift % size
+    axes = ctx.shape_const([axis])
+    tail = ctx.op("Slice", [x, ctx.shape_const([cut]), ctx.shape_const([INT64_MAX]), axes])
+    head = ctx.op("Slice", [x, ctx.shape_const([0]), ctx.shape_const([cut]), axes])
+    return ctx.op("Concat", [tail, head], axis=axis)
+
+
+@function_converter(F.roll)
+def roll(ctx: ExportContext, expr: Any) -> None:
+    """One Slice pair and Concat per shifted axis (Swin's cyclic window shift); `axis=None`
+    rolls the flattened tensor. The rolled sizes must be static."""
+    args = call_args(expr)
+    node = args["inp"]
+    shape = [int(d) for d in node.shape]
+    shifts, axes = as_list(args["shift"]), as_list(args["axis"])
+    x = ctx.value_of(node)
+    if not axes:
+        x, shape, axes = ctx.op("Reshape", [x, ctx.shape_const([-1])]), [int(np.prod(shape))], [0]
+    axes = [normalize_axis(int(a), len(shape)) for a in axes]
+    if ctx.has_runtime_shape(node) or (ctx.dynamic_batch and (0 in axes or not args["axis"])):
+        raise _refuse(ctx, "roll over an axis whose size is known only at run time",
+                      "roll static axes, or export without dynamic_batch")
+    for shift, axis in zip(shifts, axes):
+        if shape[axis] and int(shift) % shape[axis]:
+            x = _roll_axis(ctx, x, shape[axis], int(shift), axis)
+    ctx.emit("Reshape", [x, ctx.shape_const([0 if ctx.dynamic_batch else d for d in node.shape])],
+             expr.outputs)
+
+
+# ---- linspace --------------------------------------------------------------------------------
+@function_converter(F.linspace)
+def linspace(ctx: ExportContext, expr: Any) -> None:
+    """start + i * (stop - start) / max(num - 1, 1) for i in Range(num): reached only when a
+    piece is computed at run time (static linspace is folded by MegEngine at export)."""
+    args = call_args(expr)
+    start, stop, num = (float_scalar(ctx, args[key]) for key in ("start", "stop", "num"))
+    index = ctx.op("Range", [ctx.const(np.asarray(0, np.float32)), num,
+                             ctx.const(np.asarray(1, np.float32))])
+    one = ctx.const(np.asarray(1, np.float32))
+    step = ctx.op("Div", [ctx.op("Sub", [stop, start]),
+                          ctx.op("Max", [ctx.op("Sub", [num, one]), one])])
+    values = ctx.op("Add", [start, ctx.op("Mul", [index, step])])
+    variables = ctx.emit("Cast", [values], expr.outputs, to=onnx_dtype(out_dtype(expr)))
+    if hasattr(args["num"], "expr") and not ctx.is_known(args["num"]):
+        data_dependent(ctx, variables, expr.outputs)
+
+
+# ---- GridSample from pixel coordinates --------------------------------------------------------
+def _grid_sample_attrs(ctx: ExportContext, border: str, interp: str) -> dict[str, Any]:
+    if ctx.opset < GRID_SAMPLE_OPSET:
+        raise _refuse(ctx, f"remap/warp_perspective become GridSample, which needs opset "
+                      f"{GRID_SAMPLE_OPSET}", f"export with --opset {GRID_SAMPLE_OPSET} or more")
+    border, interp = str(border).lower(), str(interp).lower()
+    if border not in BORDER_MODES:
+        raise _refuse(ctx, f"border mode {border!r} has no GridSample padding mode",
+                      f"use one of {sorted(BORDER_MODES)}")
+    if interp not in INTERP_MODES:
+        raise _refuse(ctx, f"interp mode {interp!r} has no GridSample mode",
+                      f"use one of {sorted(INTERP_MODES)}")
+    mode = INTERP_MODES[interp]
+    if mode == "bilinear" and ctx.opset >= LINEAR_RENAMED_OPSET:
+        mode = "linear"
+    return {"mode": mode, "padding_mode": BORDER_MODES[border], "align_corners": 0}
+
+
+def emit_grid_sample(ctx: ExportContext, expr: Any, x: Any, x_node: Any, pixels: Any,
+                     border: str, scalar: float, interp: str) -> None:
+    """Sample `x` (N, C, H, W) at pixel coordinates `pixels` (N, Ho, Wo, 2) as (x, y), pixel
+    centres at integers: GridSample's normalized grid with align_corners=0 is (2p + 1)/size - 1."""
+    attrs = _grid_sample_attrs(ctx, border, interp)
+    height, width = (int(d) for d in x_node.shape[2:4])
+    scale = ctx.const(np.asarray([2.0 / width, 2.0 / height], np.float32))
+    shift = ctx.const(np.asarray([1.0 / width - 1.0, 1.0 / height - 1.0], np.float32))
+    grid = ctx.op("Add", [ctx.op("Mul", [pixels, scale]), shift])
+    if attrs["padding_mode"] != "zeros" or float(scalar) == 0.0:
+        ctx.emit("GridSample", [x, grid], expr.outputs, **attrs)
+        return
+    # constant border s: sample x - s with zeros outside, add s back (weights sum to one)
+    value = ctx.const(np.asarray(scalar, np.float32))
+    sampled = ctx.op("GridSample", [ctx.op("Sub", [x, value]), grid], **attrs)
+    ctx.emit("Add", [sampled, value], expr.outputs)
+
+
+def _as_float32(ctx: ExportContext, node: Any) -> Any:
+    return cast_if_needed(ctx, ctx.value_of(node), np.dtype(node.dtype), np.float32)
+
+
+@function_converter(F.vision.remap)
+def remap(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    x = args["inp"]
+    emit_grid_sample(ctx, expr, _as_float32(ctx, x), x, _as_float32(ctx, args["map_xy"]),
+                     args["border_mode"], args["scalar"], args["interp_mode"])
+
+
+def _static_pair(ctx: ExportContext, value: Any) -> list[int]:
+    if hasattr(value, "expr"):
+        if not ctx.is_known(value):
+            raise _refuse(ctx, "warp_perspective out_shape computed at run time",
+                          "give a constant (h, w)")
+        value = ctx.known(value)
+    values = [int(v) for v in np.asarray(value).reshape(-1)]
+    return values * 2 if len(values) == 1 else values
+
+
+@function_converter(F.vision.warp_perspective)
+def warp_perspective(ctx: ExportContext, expr: Any) -> None:
+    """Source pixel of output (w, h) is (M·[w, h, 1]) with x, y divided by the third row:
+    one MatMul with a constant pixel grid, then GridSample as for remap."""
+    args = call_args(expr)
+    if str(args["format"]).upper() != "NCHW":
+        raise _refuse(ctx, f"warp_perspective format={args['format']!r}", "use format='NCHW'")
+    out_h, out_w = _static_pair(ctx, args["out_shape"])
+    rows, cols = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
+    base = np.stack([cols.ravel(), rows.ravel(), np.ones(out_h * out_w)]).astype(np.float32)
+    points = ctx.op("MatMul", [_as_float32(ctx, args["mat"]), ctx.const(base)])
+    xy = ctx.op("Slice", [points, ctx.shape_const([0]), ctx.shape_const([2]),
+                          ctx.shape_const([1])])
+    z = ctx.op("Slice", [points, ctx.shape_const([2]), ctx.shape_const([3]),
+                         ctx.shape_const([1])])
+    source = ctx.op("Transpose", [ctx.op("Div", [xy, z])], perm=[0, 2, 1])
+    pixels = ctx.op("Reshape", [source, ctx.shape_const([-1, out_h, out_w, 2])])
+    x_node, x = args["inp"], _as_float32(ctx, args["inp"])
+    if args["mat_idx"] is not None:
+        index = ctx.arg(args["mat_idx"])
+        x = ctx.op("Gather", [x, ctx.op("Cast", [index], to=onnx_dtype(np.int64))], axis=0)
+    emit_grid_sample(ctx, expr, x, x_node, pixels, args["border_mode"], args["border_val"],
+                     args["interp_mode"])
