@@ -189,3 +189,33 @@ def test_roi_pooling(megengine, output_shape, scale):
     export_and_run(lambda: lambda_net(
         lambda x, r: F.vision.roi_pooling(x, r, output_shape, scale=scale)),
         [FEATURES, rois.astype(np.float32)], expect_ops=["MaxRoiPool"])
+
+
+@pytest.fixture
+def unpatched(megengine):
+    """MegEngine functions captured before tracing, as a helper module that imported them by
+    name holds them: their bodies are traced below the function level, as raw apply(OpDef)."""
+    from megengine.functional import math, vision
+
+    return {"argsort": math.argsort, "sort": math.sort, "nms": vision.nms,
+            "roi_align": vision.roi_align, "roi_pooling": vision.roi_pooling}
+
+
+def test_raw_opdefs_detection(megengine, unpatched):
+    """apply(Argsort), apply(NMSKeep), apply(ROIAlign), apply(ROIPooling)."""
+    fn = unpatched
+
+    def forward(x, rois, boxes, scores):
+        return (fn["argsort"](scores, descending=True), *fn["sort"](scores),
+                fn["nms"](boxes, scores, 0.3, max_output=12),
+                fn["roi_align"](x, rois, (3, 2), sample_points=2, aligned=False),
+                fn["roi_pooling"](x, np.abs(rois) * 0.8, (2, 3), scale=0.5))
+
+    model = export_and_run(lambda: lambda_net(forward),
+                           [FEATURES, _rois(6, 0), _boxes(40, 0), SCORES],
+                           [FEATURES * 2, _rois(6, 1), _boxes(40, 3), SCORES[::-1].copy()],
+                           expect_ops=["TopK", "NonMaxSuppression", "RoiAlign", "MaxRoiPool"])
+    exprs = {prop.value for node in model.graph.node for prop in node.metadata_props
+             if prop.key == "expr"}
+    for opdef in ("Argsort", "NMSKeep", "ROIAlign", "ROIPooling"):
+        assert any(opdef in text for text in exprs), f"{opdef} was not traced as a raw apply"

@@ -156,3 +156,31 @@ def test_correlation_is_listed_unsupported(megengine):
     with pytest.raises(UnsupportedOpError, match="correlation"):
         export_and_compare(lambda: lambda_net(lambda a, b: F.vision.correlation(a, b)),
                            [IMAGE, IMAGE])
+
+
+@pytest.fixture
+def unpatched(megengine):
+    """Functions captured before tracing (a helper module importing them by name): traced as
+    raw apply(Linspace), apply(Remap), apply(WarpPerspective)."""
+    from megengine.functional import tensor, vision
+
+    return {"linspace": tensor.linspace, "remap": vision.remap,
+            "warp_perspective": vision.warp_perspective}
+
+
+def test_raw_opdefs_vision(megengine, unpatched):
+    fn = unpatched
+
+    def forward(x, m, mats):
+        grid = fn["linspace"](x.min(), 2.0, m.shape[0] + 3)
+        return (fn["remap"](x, m, border_mode="reflect"),
+                fn["warp_perspective"](x, mats, (4, 5), border_mode="constant", border_val=0.25),
+                grid)
+
+    model = export_and_run(lambda: lambda_net(forward), [IMAGE, MAP, _homographies(2, 4)],
+                           [IMAGE * 3, MAP[::-1].copy(), _homographies(2, 5)],
+                           expect_ops=["GridSample", "MatMul", "Range"], opset=17)
+    exprs = " ".join(prop.value for node in model.graph.node for prop in node.metadata_props
+                     if prop.key == "expr")
+    for opdef in ("Linspace", "Remap", "WarpPerspective"):
+        assert opdef in exprs, f"{opdef} was not traced as a raw apply"

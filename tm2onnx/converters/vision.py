@@ -1,5 +1,6 @@
 """Image-space ops: F.roll (Slice+Concat), F.linspace with runtime pieces (Range arithmetic),
-F.vision.remap and F.vision.warp_perspective (GridSample on a pixel grid, opset 16+)."""
+F.vision.remap and F.vision.warp_perspective (GridSample on a pixel grid, opset 16+); their
+raw OpDefs (Linspace, Remap, WarpPerspective) too."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Any
 
 import megengine.functional as F
 import numpy as np
+from megengine.core.ops import builtin
 
 from ..context import ExportContext
 from ..errors import ConversionError
-from . import function_converter
+from . import apply_converter, function_converter
 from ._util import as_list, call_args, cast_if_needed, normalize_axis, onnx_dtype, out_dtype
-from .detection import data_dependent
+from .detection import data_dependent, enum_name
 from .misc import _float_scalar as float_scalar
 
 GRID_SAMPLE_OPSET = 16
@@ -61,21 +63,30 @@ def roll(ctx: ExportContext, expr: Any) -> None:
 
 
 # ---- linspace --------------------------------------------------------------------------------
-@function_converter(F.linspace)
-def linspace(ctx: ExportContext, expr: Any) -> None:
-    """start + i * (stop - start) / max(num - 1, 1) for i in Range(num): reached only when a
-    piece is computed at run time (static linspace is folded by MegEngine at export)."""
-    args = call_args(expr)
-    start, stop, num = (float_scalar(ctx, args[key]) for key in ("start", "stop", "num"))
-    index = ctx.op("Range", [ctx.const(np.asarray(0, np.float32)), num,
-                             ctx.const(np.asarray(1, np.float32))])
+def _linspace(ctx: ExportContext, expr: Any, start: Any, stop: Any, num: Any,
+              endpoint: bool = True) -> None:
+    """start + i * (stop - start) / max(num - 1, 1) for i in Range(num) (num without endpoint):
+    reached only when a piece is computed at run time (static linspace is folded at export)."""
+    start, stop, count = (float_scalar(ctx, value) for value in (start, stop, num))
     one = ctx.const(np.asarray(1, np.float32))
-    step = ctx.op("Div", [ctx.op("Sub", [stop, start]),
-                          ctx.op("Max", [ctx.op("Sub", [num, one]), one])])
+    index = ctx.op("Range", [ctx.const(np.asarray(0, np.float32)), count, one])
+    spans = ctx.op("Max", [ctx.op("Sub", [count, one]), one]) if endpoint else count
+    step = ctx.op("Div", [ctx.op("Sub", [stop, start]), spans])
     values = ctx.op("Add", [start, ctx.op("Mul", [index, step])])
     variables = ctx.emit("Cast", [values], expr.outputs, to=onnx_dtype(out_dtype(expr)))
-    if hasattr(args["num"], "expr") and not ctx.is_known(args["num"]):
+    if hasattr(num, "expr") and not ctx.is_known(num):
         data_dependent(ctx, variables, expr.outputs)
+
+
+@function_converter(F.linspace)
+def linspace(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    _linspace(ctx, expr, args["start"], args["stop"], args["num"])
+
+
+@apply_converter(builtin.Linspace)
+def linspace_opdef(ctx: ExportContext, expr: Any) -> None:
+    _linspace(ctx, expr, *expr.inputs[:3], endpoint=bool(expr.opdef.endpoint))
 
 
 # ---- GridSample from pixel coordinates --------------------------------------------------------
@@ -126,6 +137,20 @@ def remap(ctx: ExportContext, expr: Any) -> None:
                      args["border_mode"], args["scalar"], args["interp_mode"])
 
 
+@apply_converter(builtin.Remap)
+def remap_opdef(ctx: ExportContext, expr: Any) -> None:
+    op, (x, map_xy) = expr.opdef, expr.inputs[:2]
+    _check_nchw(ctx, enum_name(op.format))
+    emit_grid_sample(ctx, expr, _as_float32(ctx, x), x, _as_float32(ctx, map_xy),
+                     enum_name(op.border_type), op.scalar, enum_name(op.imode))
+
+
+def _check_nchw(ctx: ExportContext, layout: str) -> None:
+    if layout.upper() != "NCHW":
+        raise _refuse(ctx, f"format {layout!r}: GridSample samples NCHW images",
+                      "use format='NCHW'")
+
+
 def _static_pair(ctx: ExportContext, value: Any) -> list[int]:
     if hasattr(value, "expr"):
         if not ctx.is_known(value):
@@ -136,26 +161,40 @@ def _static_pair(ctx: ExportContext, value: Any) -> list[int]:
     return values * 2 if len(values) == 1 else values
 
 
-@function_converter(F.vision.warp_perspective)
-def warp_perspective(ctx: ExportContext, expr: Any) -> None:
+def _warp_perspective(ctx: ExportContext, expr: Any, x_node: Any, mat: Any, out_shape: Any,
+                      mat_idx: Any, border: str, value: float, interp: str) -> None:
     """Source pixel of output (w, h) is (M·[w, h, 1]) with x, y divided by the third row:
     one MatMul with a constant pixel grid, then GridSample as for remap."""
-    args = call_args(expr)
-    if str(args["format"]).upper() != "NCHW":
-        raise _refuse(ctx, f"warp_perspective format={args['format']!r}", "use format='NCHW'")
-    out_h, out_w = _static_pair(ctx, args["out_shape"])
+    out_h, out_w = _static_pair(ctx, out_shape)
     rows, cols = np.meshgrid(np.arange(out_h), np.arange(out_w), indexing="ij")
     base = np.stack([cols.ravel(), rows.ravel(), np.ones(out_h * out_w)]).astype(np.float32)
-    points = ctx.op("MatMul", [_as_float32(ctx, args["mat"]), ctx.const(base)])
+    points = ctx.op("MatMul", [_as_float32(ctx, mat), ctx.const(base)])
     xy = ctx.op("Slice", [points, ctx.shape_const([0]), ctx.shape_const([2]),
                           ctx.shape_const([1])])
     z = ctx.op("Slice", [points, ctx.shape_const([2]), ctx.shape_const([3]),
                          ctx.shape_const([1])])
     source = ctx.op("Transpose", [ctx.op("Div", [xy, z])], perm=[0, 2, 1])
     pixels = ctx.op("Reshape", [source, ctx.shape_const([-1, out_h, out_w, 2])])
-    x_node, x = args["inp"], _as_float32(ctx, args["inp"])
-    if args["mat_idx"] is not None:
-        index = ctx.arg(args["mat_idx"])
-        x = ctx.op("Gather", [x, ctx.op("Cast", [index], to=onnx_dtype(np.int64))], axis=0)
-    emit_grid_sample(ctx, expr, x, x_node, pixels, args["border_mode"], args["border_val"],
-                     args["interp_mode"])
+    x = _as_float32(ctx, x_node)
+    if mat_idx is not None:
+        index = ctx.op("Cast", [ctx.arg(mat_idx)], to=onnx_dtype(np.int64))
+        x = ctx.op("Gather", [x, index], axis=0)
+    emit_grid_sample(ctx, expr, x, x_node, pixels, border, value, interp)
+
+
+@function_converter(F.vision.warp_perspective)
+def warp_perspective(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    _check_nchw(ctx, str(args["format"]))
+    _warp_perspective(ctx, expr, args["inp"], args["mat"], args["out_shape"], args["mat_idx"],
+                      args["border_mode"], args["border_val"], args["interp_mode"])
+
+
+@apply_converter(builtin.WarpPerspective)
+def warp_perspective_opdef(ctx: ExportContext, expr: Any) -> None:
+    """Inputs (inp, mat, out_shape) or (inp, mat, mat_idx, out_shape)."""
+    op, inputs = expr.opdef, expr.inputs
+    _check_nchw(ctx, enum_name(op.format))
+    mat_idx = inputs[2] if len(inputs) == 4 else None
+    _warp_perspective(ctx, expr, inputs[0], inputs[1], inputs[-1], mat_idx,
+                      enum_name(op.bmode), op.border_val, enum_name(op.imode))
