@@ -149,23 +149,32 @@ def test_warp_perspective_mat_idx(megengine):
         expect_ops=["Gather", "GridSample"])
 
 
-def test_correlation_is_listed_unsupported(megengine):
-    from tm2onnx.errors import UnsupportedOpError
+CORRELATION_CASES = [
+    pytest.param({}, id="default"),
+    pytest.param({"max_displacement": 3, "pad_size": 3}, id="d3-pad3"),
+    pytest.param({"kernel_size": 3, "max_displacement": 2, "stride2": 2, "pad_size": 2},
+                 id="k3-d2-s2"),
+    pytest.param({"kernel_size": 3, "max_displacement": 2, "stride1": 2, "pad_size": 1,
+                  "is_multiply": False}, id="absdiff-stride1-2"),
+]
 
+
+@pytest.mark.parametrize("kwargs", CORRELATION_CASES)
+def test_correlation(megengine, kwargs):
     F = _f()
-    with pytest.raises(UnsupportedOpError, match="correlation"):
-        export_and_compare(lambda: lambda_net(lambda a, b: F.vision.correlation(a, b)),
-                           [IMAGE, IMAGE])
+    export_and_compare(lambda: lambda_net(lambda a, b: F.vision.correlation(a, b, **kwargs)),
+                       [(2, 3, 9, 11), (2, 3, 9, 11)],
+                       expect_ops=["Pad", "Slice", "ReduceSum", "AveragePool", "Concat"])
 
 
 @pytest.fixture
 def unpatched(megengine):
     """Functions captured before tracing (a helper module importing them by name): traced as
-    raw apply(Linspace), apply(Remap), apply(WarpPerspective)."""
+    raw apply(Linspace), apply(Remap), apply(WarpPerspective), apply(Correlation)."""
     from megengine.functional import tensor, vision
 
     return {"linspace": tensor.linspace, "remap": vision.remap,
-            "warp_perspective": vision.warp_perspective}
+            "warp_perspective": vision.warp_perspective, "correlation": vision.correlation}
 
 
 def test_raw_opdefs_vision(megengine, unpatched):
@@ -175,12 +184,12 @@ def test_raw_opdefs_vision(megengine, unpatched):
         grid = fn["linspace"](x.min(), 2.0, m.shape[0] + 3)
         return (fn["remap"](x, m, border_mode="reflect"),
                 fn["warp_perspective"](x, mats, (4, 5), border_mode="constant", border_val=0.25),
-                grid)
+                grid, fn["correlation"](x, x * 2 - 1, max_displacement=2, pad_size=1))
 
     model = export_and_run(lambda: lambda_net(forward), [IMAGE, MAP, _homographies(2, 4)],
                            [IMAGE * 3, MAP[::-1].copy(), _homographies(2, 5)],
                            expect_ops=["GridSample", "MatMul", "Range"], opset=17)
     exprs = " ".join(prop.value for node in model.graph.node for prop in node.metadata_props
                      if prop.key == "expr")
-    for opdef in ("Linspace", "Remap", "WarpPerspective"):
+    for opdef in ("Linspace", "Remap", "WarpPerspective", "Correlation"):
         assert opdef in exprs, f"{opdef} was not traced as a raw apply"

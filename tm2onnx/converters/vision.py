@@ -4,6 +4,7 @@ raw OpDefs (Linspace, Remap, WarpPerspective) too."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import megengine.functional as F
@@ -198,3 +199,68 @@ def warp_perspective_opdef(ctx: ExportContext, expr: Any) -> None:
     mat_idx = inputs[2] if len(inputs) == 4 else None
     _warp_perspective(ctx, expr, inputs[0], inputs[1], inputs[-1], mat_idx,
                       enum_name(op.bmode), op.border_val, enum_name(op.imode))
+
+
+# ---- correlation (FlowNet cost volume) -------------------------------------------------------
+@dataclass(frozen=True)
+class CorrelationSpec:
+    kernel: int
+    max_displacement: int
+    stride1: int
+    stride2: int
+    pad: int
+    multiply: bool
+
+
+def _crop(ctx: ExportContext, x: Any, top: int, left: int, height: int, width: int) -> Any:
+    return ctx.op("Slice", [x, ctx.shape_const([top, left]),
+                            ctx.shape_const([top + height, left + width]),
+                            ctx.shape_const([2, 3])])
+
+
+def _correlation(ctx: ExportContext, expr: Any, first: Any, second: Any,
+                 spec: CorrelationSpec) -> None:
+    """One channel per displacement (dy major, dx minor): the channel mean of a1·a2 (or
+    |a1 - a2|) summed over a kernel window (an AveragePool), on inputs padded by `pad`."""
+    if spec.kernel % 2 == 0 or spec.stride2 < 1 or spec.stride1 < 1:
+        raise _refuse(ctx, f"correlation kernel_size={spec.kernel}, strides "
+                      f"{spec.stride1}/{spec.stride2}", "use an odd kernel and positive strides")
+    _, channels, out_h, out_w = (int(d) for d in expr.outputs[0].shape)
+    span_h, span_w = (out_h - 1) * spec.stride1 + spec.kernel, (out_w - 1) * spec.stride1 + spec.kernel
+    pads = ctx.shape_const([0, 0, spec.pad, spec.pad, 0, 0, spec.pad, spec.pad])
+    a, b = (ctx.op("Pad", [_as_float32(ctx, node), pads], mode="constant")
+            for node in (first, second))
+    d, radius = spec.max_displacement, spec.max_displacement // spec.stride2
+    anchor = _crop(ctx, a, d, d, span_h, span_w)
+    size = ctx.const(np.asarray(float(first.shape[1]), np.float32))
+    planes = []
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            moved = _crop(ctx, b, d + dy * spec.stride2, d + dx * spec.stride2, span_h, span_w)
+            pair_op = ctx.op("Mul" if spec.multiply else "Sub", [anchor, moved])
+            value = pair_op if spec.multiply else ctx.op("Abs", [pair_op])
+            total = ctx.op("ReduceSum", [value, ctx.shape_const([1])], keepdims=1)
+            planes.append(ctx.op("AveragePool", [total], kernel_shape=[spec.kernel] * 2,
+                                 strides=[spec.stride1] * 2))
+    if len(planes) != channels:
+        raise _refuse(ctx, f"correlation gives {len(planes)} channels, MegEngine {channels}",
+                      "please report this with the model")
+    ctx.emit("Div", [ctx.op("Concat", planes, axis=1), size], expr.outputs)
+
+
+@function_converter(F.vision.correlation)
+def correlation(ctx: ExportContext, expr: Any) -> None:
+    args = call_args(expr)
+    spec = CorrelationSpec(int(args["kernel_size"]), int(args["max_displacement"]),
+                           int(args["stride1"]), int(args["stride2"]), int(args["pad_size"]),
+                           bool(args["is_multiply"]))
+    _correlation(ctx, expr, args["data1"], args["data2"], spec)
+
+
+@apply_converter(builtin.Correlation)
+def correlation_opdef(ctx: ExportContext, expr: Any) -> None:
+    op = expr.opdef
+    _check_nchw(ctx, enum_name(op.format))
+    spec = CorrelationSpec(op.kernel_size, op.max_displacement, op.stride1, op.stride2,
+                           op.pad_size, bool(op.is_multiply))
+    _correlation(ctx, expr, expr.inputs[0], expr.inputs[1], spec)
