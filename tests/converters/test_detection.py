@@ -136,6 +136,16 @@ def test_nms(megengine, max_output, iou):
     assert output_dims(model) == ["nms_out_n"]
 
 
+@pytest.mark.parametrize("iou", [0.5, 0.4999])
+def test_nms_threshold_boundary(megengine, iou):
+    """IoU exactly at the threshold keeps the box (both suppress only above it)."""
+    F = _f()
+    boxes = np.asarray([[0, 0, 4, 1], [0, 0, 2, 1], [10, 10, 12, 12]], np.float32)  # IoU 0.5
+    scores = np.asarray([0.9, 0.8, 0.7], np.float32)
+    export_and_run(lambda: lambda_net(lambda b, s: F.vision.nms(b, s, iou, max_output=3)),
+                   [boxes, scores], expect_ops=["NonMaxSuppression"])
+
+
 def _rois(count: int, seed: int, batch: int = 2) -> np.ndarray:
     rng = np.random.default_rng(seed)
     corner = rng.uniform(-4, 14, (count, 2))  # some RoIs leave the 12x16 image
