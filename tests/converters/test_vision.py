@@ -193,3 +193,12 @@ def test_raw_opdefs_vision(megengine, unpatched):
                      if prop.key == "expr")
     for opdef in ("Linspace", "Remap", "WarpPerspective", "Correlation"):
         assert opdef in exprs, f"{opdef} was not traced as a raw apply"
+
+
+def test_remap_nearest_half_pixels(megengine):
+    """Both round half-pixel positions to even (0.5 -> 0, 1.5 -> 2)."""
+    F = _f()
+    halves = np.stack(np.meshgrid(np.arange(-1, 9) + 0.5, np.arange(-1, 6) + 0.5), axis=-1)
+    halves = np.broadcast_to(halves, (2, *halves.shape)).astype(np.float32)
+    export_and_run(lambda: lambda_net(lambda x, m: F.vision.remap(x, m, interp_mode="nearest")),
+                   [IMAGE, halves], expect_ops=["GridSample"])

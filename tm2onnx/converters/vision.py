@@ -113,6 +113,8 @@ def emit_grid_sample(ctx: ExportContext, expr: Any, x: Any, x_node: Any, pixels:
     """Sample `x` (N, C, H, W) at pixel coordinates `pixels` (N, Ho, Wo, 2) as (x, y), pixel
     centres at integers: GridSample's normalized grid with align_corners=0 is (2p + 1)/size - 1."""
     attrs = _grid_sample_attrs(ctx, border, interp)
+    if attrs["mode"] == "nearest":  # round in pixels (half to even, as MegEngine does): the
+        pixels = ctx.op("Round", [pixels])  # normalized grid would blur exact half pixels
     height, width = (int(d) for d in x_node.shape[2:4])
     scale = ctx.const(np.asarray([2.0 / width, 2.0 / height], np.float32))
     shift = ctx.const(np.asarray([1.0 / width - 1.0, 1.0 / height - 1.0], np.float32))
