@@ -136,6 +136,19 @@ def test_nms(megengine, max_output, iou):
     assert output_dims(model) == ["nms_out_n"]
 
 
+def test_nms_after_score_mask(megengine):
+    """Boxes counted at run time (a score mask) and max_output=None: keep up to all of them."""
+    F = _f()
+
+    def forward(boxes, scores):
+        keep = scores > 0.4
+        return F.vision.nms(boxes[keep], scores[keep], 0.3)
+
+    export_and_run(lambda: lambda_net(forward), [_boxes(40, 0), SCORES],
+                   [_boxes(40, 4), SCORES[::-1] * 0.6], [_boxes(40, 5), SCORES + 0.5],
+                   expect_ops=["Compress", "NonMaxSuppression", "Shape"])
+
+
 @pytest.mark.parametrize("iou", [0.5, 0.4999])
 def test_nms_threshold_boundary(megengine, iou):
     """IoU exactly at the threshold keeps the box (both suppress only above it)."""
