@@ -205,6 +205,15 @@ def test_roi_align_needs_opset_16(megengine):
                            [FEATURES, _rois(3, 0)], opset=15)
 
 
+def test_roi_pooling_average_refused(megengine):
+    from tm2onnx.errors import ConversionError
+
+    F = _f()
+    with pytest.raises(ConversionError, match="ONNX has only MaxRoiPool"):
+        export_and_compare(lambda: lambda_net(lambda x, r: F.vision.roi_pooling(
+            x, r, (2, 2), mode="average")), [FEATURES, np.abs(_rois(3, 0))])
+
+
 @pytest.mark.parametrize("output_shape, scale", [((2, 2), 1.0), ((3, 4), 0.5)])
 def test_roi_pooling(megengine, output_shape, scale):
     F = _f()

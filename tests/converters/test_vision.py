@@ -149,6 +149,31 @@ def test_warp_perspective_mat_idx(megengine):
         expect_ops=["Gather", "GridSample"])
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"format": "NHWC"}, "format 'NHWC'"),
+    ({"border_mode": "wrap"}, "border mode 'wrap'"),
+])
+def test_warp_perspective_refusals(megengine, kwargs, message):
+    from tm2onnx.errors import ConversionError
+
+    F = _f()
+    image = IMAGE.transpose(0, 2, 3, 1).copy() if kwargs.get("format") == "NHWC" else IMAGE
+    with pytest.raises(ConversionError, match=message):
+        export_and_compare(lambda: lambda_net(
+            lambda x, m: F.vision.warp_perspective(x, m, (4, 4), **kwargs)),
+            [image, _homographies(2, 0)])
+
+
+def test_correlation_even_kernel_refused(megengine):
+    from tm2onnx.errors import ConversionError
+
+    F = _f()
+    with pytest.raises(ConversionError, match="use an odd kernel"):
+        export_and_compare(lambda: lambda_net(
+            lambda a, b: F.vision.correlation(a, b, kernel_size=2, max_displacement=1)),
+            [(1, 2, 8, 8), (1, 2, 8, 8)])
+
+
 CORRELATION_CASES = [
     pytest.param({}, id="default"),
     pytest.param({"max_displacement": 3, "pad_size": 3}, id="d3-pad3"),
