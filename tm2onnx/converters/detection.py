@@ -66,21 +66,23 @@ def argsort(ctx: ExportContext, expr: Any) -> None:
     ctx.emit("Cast", [indices], expr.outputs, to=onnx_dtype(out_dtype(expr)))
 
 
+def _emit_sort(ctx: ExportContext, expr: Any, x: Any, descending: bool) -> None:
+    """(values, int32 indices), as F.sort and apply(Argsort) return them."""
+    values, indices = _sorted(ctx, x, descending)
+    ctx.emit("Identity", [values], expr.outputs[:1])
+    ctx.emit("Cast", [indices], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+
+
 @function_converter(F.sort)
 def sort(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
-    values, indices = _sorted(ctx, args["inp"], bool(args["descending"]))
-    ctx.emit("Identity", [values], expr.outputs[:1])
-    ctx.emit("Cast", [indices], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+    _emit_sort(ctx, expr, args["inp"], bool(args["descending"]))
 
 
 @apply_converter(builtin.Argsort)
 def argsort_opdef(ctx: ExportContext, expr: Any) -> None:
-    """Raw `apply(Argsort)` (functions imported by name): (values, int32 indices)."""
-    descending = expr.opdef.order == builtin.Argsort.Order.DESCENDING
-    values, indices = _sorted(ctx, expr.inputs[0], descending)
-    ctx.emit("Identity", [values], expr.outputs[:1])
-    ctx.emit("Cast", [indices], expr.outputs[1:], to=onnx_dtype(out_dtype(expr, 1)))
+    """Raw `apply(Argsort)` (functions imported by name)."""
+    _emit_sort(ctx, expr, expr.inputs[0], expr.opdef.order == builtin.Argsort.Order.DESCENDING)
 
 
 # ---- selection with data-dependent sizes ----------------------------------------------------
