@@ -140,6 +140,14 @@ def test_warp_perspective(megengine, kwargs):
         expect_ops=["MatMul", "GridSample"])
 
 
+def test_warp_perspective_dynamic_batch(megengine):
+    F = _f()
+    images = np.concatenate([IMAGE, IMAGE[::-1] * 2])
+    export_and_run(lambda: lambda_net(lambda x, m: F.vision.warp_perspective(x, m, (5, 8))),
+                   [IMAGE, _homographies(2, 0)], [images, _homographies(4, 1)],
+                   expect_ops=["GridSample"], dynamic_batch=True)
+
+
 def test_warp_perspective_mat_idx(megengine):
     F = _f()
     index = np.asarray([1, 0, 1], dtype=np.int32)
