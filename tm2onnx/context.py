@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from .errors import ConversionError
 
 SHAPE_DTYPE = np.int64
+BATCH_DIM = "batch"  # the graph inputs' axis 0 with dynamic_batch (exporter.BATCH_DIM)
 
 
 class ExportContext:
@@ -99,6 +100,17 @@ class ExportContext:
 
     def is_bound(self, node: Any) -> bool:
         return node in self._values or node in self._known
+
+    def has_runtime_shape(self, node: Any) -> bool:
+        """True for values downstream of a data-dependent size (NonZero, NMS): their traced
+        shape is one run's, so it is neither declared nor folded."""
+        tensor = self._values.get(node)
+        if not isinstance(tensor, gs.Variable):
+            return False
+        if tensor.shape is None:
+            return not self.dynamic_batch
+        return any(dim is None or (isinstance(dim, str) and dim != BATCH_DIM)
+                   for dim in tensor.shape)
 
     def value_of(self, node: Any) -> gs.Tensor:
         """The ONNX tensor for a TensorNode; known values become initializers on first use."""
@@ -192,7 +204,10 @@ class ExportContext:
             self.reserve(name)
         dtype = getattr(node, "dtype", None)
         shape = getattr(node, "shape", None)
-        if self.dynamic_batch or shape is None:
+        if shape is not None and self.expr is not None and any(
+                map(self.has_runtime_shape, self.expr.inputs)):
+            shape = [None] * len(shape)  # rank only: the sizes depend on the data
+        elif self.dynamic_batch or shape is None:
             shape = None
         return gs.Variable(name, dtype=np.dtype(dtype) if dtype is not None else None,
                            shape=list(shape) if shape is not None else None)

@@ -177,13 +177,14 @@ def test_static_shape_folds(megengine):
     assert "Shape" not in [node.op_type for node in model.graph.node]
 
 
-def test_bool_mask_refused(megengine):
+def test_bool_mask_mixed_refused(megengine):
+    """Masks alone convert (tests/converters/test_detection.py); mixed with slices, refused."""
     import megengine.traced_module as tm
 
     import tm2onnx
     from tm2onnx.errors import ConversionError
 
-    net = lambda_net(lambda F, x: x[x > 0])
-    x = megengine.Tensor(np.array([1.0, -1.0, 2.0], dtype=np.float32))
+    net = lambda_net(lambda F, x: x[x[:, 0] > 0, 1:])
+    x = megengine.Tensor(np.array([[1.0, -1.0], [2.0, 3.0]], dtype=np.float32))
     with pytest.raises(ConversionError, match="boolean mask"):
         tm2onnx.export(tm.trace_module(net, x))

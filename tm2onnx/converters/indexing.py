@@ -39,7 +39,7 @@ def get_var_shape(ctx: ExportContext, expr: Any) -> None:
     with a dynamic batch the shape is read at run time."""
     node, output = expr.inputs[0], expr.outputs[0]
     axis = expr.opdef.axis
-    if not ctx.dynamic_batch:
+    if not ctx.dynamic_batch and not ctx.has_runtime_shape(node):
         shape = np.asarray(node.shape, dtype=np.int32)
         ctx.set_known(output, shape if axis == NO_AXIS else shape[[axis]])
         return
@@ -77,8 +77,7 @@ def _kind(ctx: ExportContext, item: Any) -> str:
         return "slice"
     if is_node(item):
         if np.dtype(item.dtype) == np.bool_:
-            raise ConversionError(f"{ctx.base_name}: boolean mask indexing has a data-dependent "
-                                  "shape", where=ctx.source, hint="use F.cond_take or F.where")
+            return "mask"
         return "int" if len(item.shape or ()) == 0 else "array"
     return "int" if np.ndim(item) == 0 else "array"
 
@@ -141,6 +140,8 @@ def getitem(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
     x = args["self"]
     items = expand_index(ctx, args["index"], len(x.shape))
+    if any(is_node(item) and _kind(ctx, item) == "mask" for item in items):
+        return _mask_index(ctx, expr, x, items)
     slices, gathers, new_axes = _index_plan(ctx, items)
     steps: list[tuple] = []
     if slices:
@@ -155,6 +156,29 @@ def getitem(ctx: ExportContext, expr: Any) -> None:
     if new_axes:
         steps.append(("Unsqueeze", [ctx.shape_const(new_axes)], {}))
     chain(ctx, expr, ctx.value_of(x), steps)
+
+
+def _mask_index(ctx: ExportContext, expr: Any, x: Any, items: list) -> None:
+    """`x[mask]` (and `x[:, mask]`): a k-d bool mask over axes p..p+k-1, every other axis
+    whole, as numpy does it: those axes flattened into one, then Compress along it. The
+    selected count is a symbolic dim."""
+    from .detection import data_dependent
+
+    masks = [p for p, item in enumerate(items) if item is not None and not is_full(item)]
+    position = masks[0]
+    mask = items[position]
+    rank = len(mask.shape)
+    if (len(masks) > 1 or any(item is None for item in items)
+            or tuple(mask.shape) != tuple(x.shape[position:position + rank])):
+        raise ConversionError(f"{ctx.base_name}: boolean mask index mixed with other indices, "
+                              f"or a mask of shape {mask.shape} on shape {x.shape}",
+                              where=ctx.source, hint="index with the mask alone (x[mask], "
+                              "x[:, mask]) or use F.cond_take")
+    tail = [int(d) for d in x.shape[position + rank:]]
+    flat = ctx.op("Reshape", [ctx.value_of(x), ctx.shape_const([0] * position + [-1] + tail)])
+    flat_mask = ctx.op("Reshape", [ctx.value_of(mask), ctx.shape_const([-1])])
+    variables = ctx.emit("Compress", [flat, flat_mask], expr.outputs, axis=position)
+    data_dependent(ctx, variables, expr.outputs, axis=position)
 
 
 def _static_index(ctx: ExportContext, index: Any) -> Any:
