@@ -68,8 +68,9 @@ def describe(found: TensorError, accumulated: bool) -> list[str]:
             "first divergence")
     lines = [f"  {what}: tensor {found.name!r} {list(diff.shape)} {diff.dtype}",
              f"  ONNX node:  {found.node or '(graph input)'} ({found.op})"]
-    if found.origin:
-        lines.append("  MegEngine:  " + _pairs(found.origin, ("module", "qualname", "expr")))
+    if found.origin:  # the exporter's expr text names tensors as the ONNX graph does
+        origin = {**found.origin, "expr": found.metadata.get("expr") or found.origin.get("expr")}
+        lines.append("  MegEngine:  " + _pairs(origin, ("module", "qualname", "expr")))
     elif found.metadata:
         lines.append("  provenance: " + _pairs(found.metadata, ("module", "qualname", "expr",
                                                                "fused")))
