@@ -131,19 +131,24 @@ def diff_arrays(name: str, ref: np.ndarray, got: np.ndarray | None,
     if ref.size == 0:
         return OutputDiff(name, shape, dtype, 0.0, 0.0, 0.0, True,
                           warning="empty output: nothing was compared")
-    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
-    both_nan = np.isnan(ref64) & np.isnan(got64)  # NaN where the reference has NaN matches
-    abs_err = np.nan_to_num(np.where(both_nan, 0.0, np.abs(got64 - ref64)), nan=np.inf)
-    magnitude = np.nan_to_num(np.abs(ref64), nan=0.0, posinf=0.0, neginf=0.0)
+    work = ref.dtype if ref.dtype in (np.float32, np.float64) else np.float64
+    ref_w, got_w = ref.astype(work, copy=False), got.astype(work, copy=False)
+    abs_err = np.abs(got_w - ref_w)
+    magnitude = np.abs(ref_w)
+    if not (np.isfinite(ref_w).all() and np.isfinite(got_w).all()):  # the rare, slow path
+        both_nan = np.isnan(ref_w) & np.isnan(got_w)  # NaN where the reference has NaN matches
+        abs_err = np.nan_to_num(np.where(both_nan, 0.0, abs_err), nan=np.inf)
+        magnitude = np.nan_to_num(magnitude, nan=0.0, posinf=0.0, neginf=0.0)
     scale = float(magnitude.max())
     atol = tolerance.atol_for(scale)
     slack = abs_err - tolerance.rtol * magnitude
-    rel_err = abs_err / np.maximum(magnitude, np.finfo(np.float64).tiny)
+    max_abs = float(abs_err.max())
+    rel_err = abs_err / np.maximum(magnitude, np.finfo(work).tiny) if max_abs else abs_err
     problem = "" if got.dtype == ref.dtype else f"dtype {got.dtype} != {ref.dtype}"
-    return OutputDiff(name, shape, dtype, float(abs_err.max()), float(abs_err.mean()),
-                      float(rel_err.max()), bool(np.all(slack <= atol)), problem, scale, atol,
-                      float(max(slack.max(), 0.0)), _cosine(ref64, got64), _top1(ref, got),
-                      _constant_warning(ref64))
+    return OutputDiff(name, shape, dtype, max_abs, float(abs_err.mean(dtype=np.float64)),
+                      float(rel_err.max()), bool(slack.max() <= atol), problem, scale, atol,
+                      float(max(slack.max(), 0.0)), _cosine(ref_w, got_w), _top1(ref, got),
+                      _constant_warning(ref_w))
 
 
 def merge(first: Comparison, second: Comparison) -> Comparison:
@@ -164,11 +169,13 @@ def _merge_diff(a: OutputDiff, b: OutputDiff) -> OutputDiff:
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray) -> float:
-    ref, got = np.nan_to_num(ref.ravel()), np.nan_to_num(got.ravel())
-    norms = float(np.linalg.norm(ref) * np.linalg.norm(got))
-    if norms == 0.0:
-        return 1.0 if not ref.any() and not got.any() else 0.0
-    return float(np.dot(ref, got) / norms)
+    ref, got = ref.ravel(), got.ravel()
+    if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+        ref, got = np.nan_to_num(ref), np.nan_to_num(got)
+    ref_norm, got_norm = float(np.linalg.norm(ref)), float(np.linalg.norm(got))
+    if ref_norm == 0.0 or got_norm == 0.0:
+        return 1.0 if ref_norm == got_norm else 0.0
+    return float(np.dot(ref, got) / ref_norm / got_norm)
 
 
 def _top1(ref: np.ndarray, got: np.ndarray) -> float | None:
@@ -180,7 +187,7 @@ def _top1(ref: np.ndarray, got: np.ndarray) -> float | None:
 def _constant_warning(ref: np.ndarray) -> str:
     if ref.size < 2:
         return ""
-    finite = ref[np.isfinite(ref)]
+    finite = ref if np.isfinite(ref).all() else ref[np.isfinite(ref)]
     if finite.size and finite.min() == finite.max():
         return f"constant output ({finite.flat[0]:g} everywhere): proves little"
     return ""

@@ -197,3 +197,12 @@ def test_bench_times_models_interleaved_and_prints_ratios(tmp_path, capsys):
     rows = lines[2:]
     assert len(rows) == 2 and rows[0].endswith("1.00x") and "(onnxruntime CPU)" in rows[0]
     assert main(["bench", path, "--runs", "0", "-q"]) == 2
+
+
+def test_device_auto_says_which_provider_ran(tmp_path, capsys):
+    import onnxruntime as ort
+
+    path = _save(tmp_path, "relu.onnx", RELU)
+    expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    assert main(["validate", path, "--against", path, "--device", "auto", "-q"]) == 0
+    assert f"(onnxruntime {expected}) vs {path} ({expected})" in capsys.readouterr().out

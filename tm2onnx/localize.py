@@ -53,23 +53,24 @@ def find_divergence(model: onnx.ModelProto, reference: dict[str, np.ndarray],
                     reference_name: str = "reference") -> Localization:
     """The search itself, on values already computed (`model` gives the topological order)."""
     origins = origins or {}
+    cache: dict[str, Any] = {}
     carried: dict[str, float] = {}   # scale-free error reaching each tensor
     graph_inputs = {v.name for v in model.graph.input}
     tensors: list[TensorError] = []
     first: TensorError | None = None
     beyond: TensorError | None = None
     for name in graph_inputs:
-        carried[name] = 0.0
+        carried[name], cache[name] = 0.0, _diff(name, reference, actual, tolerance)
     for node in model.graph.node:
         input_error = max((carried.get(name, 0.0) for name in node.input if name), default=0.0)
         for name in node.output:
-            diff = _diff(name, reference, actual, tolerance)
+            diff = cache[name] = _diff(name, reference, actual, tolerance)
             if diff is None:
                 carried[name] = input_error
                 continue
             carried[name] = diff.rel_error
             found = TensorError(diff, node.name, node.op_type, input_error,
-                                _input_summaries(node, reference, actual, tolerance, carried),
+                                _input_summaries(node, cache, carried),
                                 _metadata(node), origins.get(name, {}))
             tensors.append(found)
             if not diff.passed and beyond is None:
@@ -91,13 +92,13 @@ def _diff(name: str, reference: dict, actual: dict, tolerance: Tolerance):
     return diff_arrays(name, ref, got, tolerance)
 
 
-def _input_summaries(node: onnx.NodeProto, reference: dict, actual: dict, tolerance: Tolerance,
-                     carried: dict[str, float]) -> tuple[tuple[str, str], ...]:
+def _input_summaries(node: onnx.NodeProto, diffs: dict[str, Any], carried: dict[str, float]
+                     ) -> tuple[tuple[str, str], ...]:
     rows = []
     for name in node.input:
         if not name:
             continue
-        diff = _diff(name, reference, actual, tolerance)
+        diff = diffs.get(name)
         if diff is not None:
             status = "ok" if diff.passed else "beyond tolerance"
             rows.append((name, f"{summary(diff)}  {status}"))
