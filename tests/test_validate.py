@@ -3,6 +3,7 @@ integer feeds, warnings that a comparison proves nothing, user inputs, runs, JSO
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -206,3 +207,26 @@ def test_device_auto_says_which_provider_ran(tmp_path, capsys):
     expected = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     assert main(["validate", path, "--against", path, "--device", "auto", "-q"]) == 0
     assert f"(onnxruntime {expected}) vs {path} ({expected})" in capsys.readouterr().out
+
+
+def _chain(scale: float) -> str:
+    return f'''{HEADER}
+g (float[4, 8] x) => (float[4, 8] y) <float a = {{{scale}}}>
+{{ t = Mul (x, a)
+   u = Relu (t)
+   y = Neg (u) }}'''
+
+
+def test_plot_draws_the_error_along_the_graph(tmp_path, capsys):
+    """With matplotlib (the `plot` extra) a PNG with the divergence marked; without it the
+    one-line error of test_plot_without_matplotlib_is_one_line."""
+    ref, got = _save(tmp_path, "ref.onnx", _chain(1.0)), _save(tmp_path, "got.onnx", _chain(1.1))
+    target = tmp_path / "errors.png"
+    argv = ["validate", got, "--against", ref, "--plot", str(target), "-q"]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert main(argv) == 2
+        assert "--plot needs matplotlib" in capsys.readouterr().err
+    else:
+        assert main(argv) == 1
+        assert "first divergence: tensor 't'" in capsys.readouterr().out
+        assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,6 +32,12 @@ def plot(found: Localization, path: str) -> None:
     errors = [max(t.diff.rel_error, 1e-12) for t in found.tensors]
     figure, axes = plt.subplots(figsize=(max(6.0, len(errors) / 12), 3.5))
     axes.semilogy(range(len(errors)), errors, marker=".", linewidth=0.8)
+    tolerance = found.tolerance.atol_scale if found.tolerance.atol is None else None
+    if tolerance:
+        axes.axhline(tolerance, color="gray", linestyle=":", label="default atol / max|ref|")
+        axes.legend(loc="lower right", fontsize=8)
+    axes.set_ylim(min(min(errors, default=1.0), tolerance or 1.0) / 10,
+                  max(max(errors, default=1.0), tolerance or 1.0) * 10)
     axes.set_xlabel("matched tensor (topological order)")
     axes.set_ylabel("max_abs / max|ref|")
     axes.set_title(f"{found.subject} vs {found.reference}")

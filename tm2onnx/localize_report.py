@@ -67,7 +67,7 @@ def describe(found: TensorError, accumulated: bool) -> list[str]:
     what = ("first tensor beyond tolerance (its inputs drift too)" if accumulated else
             "first divergence")
     lines = [f"  {what}: tensor {found.name!r} {list(diff.shape)} {diff.dtype}",
-             f"  ONNX node:  {found.node or '(graph input)'} ({found.op})"]
+             f"  ONNX node:  {found.node or '(unnamed)'} ({found.op})"]
     if found.origin:  # the exporter's expr text names tensors as the ONNX graph does
         origin = {**found.origin, "expr": found.metadata.get("expr") or found.origin.get("expr")}
         lines.append("  MegEngine:  " + _pairs(origin, ("module", "qualname", "expr")))
