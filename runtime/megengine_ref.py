@@ -5,6 +5,9 @@ tensor's value under the name the exporter gives its ONNX tensor, for localizati
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +15,29 @@ from typing import Any
 import numpy as np
 
 from tm2onnx.errors import RunError
+
+
+@contextlib.contextmanager
+def _one_line_failures() -> Iterator[None]:
+    """MegEngine writes a C++ backtrace to fd 2 before raising: hold fd 2's output, drop it when
+    the run fails (the RunError says what failed, in one line), replay it when the run works."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                capture.seek(0)
+                text = capture.read().decode(errors="replace")
+                if text.strip():
+                    sys.stderr.write(text)
 
 
 @contextlib.contextmanager
@@ -33,7 +59,7 @@ def run_traced(traced: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
 
     traced.eval()
     try:
-        with synchronous():
+        with synchronous(), _one_line_failures():
             result = traced(*[mge.Tensor(np.asarray(x)) for x in inputs])
             if not isinstance(result, (tuple, list)):
                 result = (result,)
@@ -118,7 +144,7 @@ def run_traced_all(traced: Any, inputs: Sequence[np.ndarray]
         interpreter.env[node] = mge.Tensor(np.asarray(value))
         interpreter.values.setdefault(node.name, np.asarray(value))
     try:
-        with synchronous():
+        with synchronous(), _one_line_failures():
             interpreter.run(traced.graph, traced, "", "")
     except Exception as err:
         raise RunError(f"MegEngine failed to interpret the model: {type(err).__name__}: "
