@@ -134,8 +134,9 @@ def _child_path(parent: str, expr: Any) -> str:
 
 
 def run_traced_all(traced: Any, inputs: Sequence[np.ndarray]
-                   ) -> tuple[dict[str, np.ndarray], dict[str, TracedTensor]]:
-    """One interpreted run: every tensor's value and origin, keyed by ONNX tensor name."""
+                   ) -> tuple[dict[str, np.ndarray], dict[str, TracedTensor], list[np.ndarray]]:
+    """One interpreted run: every tensor's value and origin, keyed by ONNX tensor name, and
+    the graph outputs in order."""
     import megengine as mge
 
     traced.eval()
@@ -149,7 +150,8 @@ def run_traced_all(traced: Any, inputs: Sequence[np.ndarray]
     except Exception as err:
         raise RunError(f"MegEngine failed to interpret the model: {type(err).__name__}: "
                        f"{' '.join(str(err).split())[:300]}") from err
-    return interpreter.values, interpreter.origins
+    outputs = [np.asarray(interpreter.env[node].numpy()) for node in traced.graph.outputs]
+    return interpreter.values, interpreter.origins, outputs
 
 
 def _flatten(values: Any) -> list:

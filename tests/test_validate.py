@@ -230,3 +230,18 @@ def test_plot_draws_the_error_along_the_graph(tmp_path, capsys):
         assert main(argv) == 1
         assert "first divergence: tensor 't'" in capsys.readouterr().out
         assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_localize_matches_outputs_by_position_when_names_differ():
+    from tm2onnx.runtime import localize
+
+    renamed = parse_model(f'''{HEADER}
+g (float[4, 8] x) => (float[4, 8] z) <float a = {{1.1}}>
+{{ t2 = Mul (x, a)
+   u2 = Relu (t2)
+   z = Neg (u2) }}''')
+    found = localize(renamed, parse_model(_chain(1.0)))
+    assert [t.name for t in found.tensors] == ["z"]  # no intermediate shares a name
+    assert found.first.name == "z" and found.first.op == "Neg" and not found
+    same = localize(parse_model(_chain(1.0)), parse_model(_chain(1.0)))
+    assert same and "every matched tensor within tolerance" in str(same)

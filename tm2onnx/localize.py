@@ -36,12 +36,16 @@ def localize(model: onnx.ModelProto, reference: Any, *, feeds: dict[str, np.ndar
         ref_inputs = [v.name for v in reference.graph.input
                       if v.name not in {i.name for i in reference.graph.initializer}]
         ref = run_all(reference, dict(zip(ref_inputs, feeds.values())), device=reference_device)
+        outputs = [ref[o.name] for o in reference.graph.output]
     else:
         from .runtime.megengine_ref import run_traced_all
 
-        ref, traced_origins = run_traced_all(reference, list(feeds.values()))
+        ref, traced_origins, outputs = run_traced_all(reference, list(feeds.values()))
         origins = {name: vars(origin) for name, origin in traced_origins.items()}
-    ref.update(feeds)  # graph inputs are identical on both sides by construction
+    # Outputs match by position (renamed ones too), graph inputs are the same feeds: a
+    # difference in the outputs is always seen, at the latest at the output itself.
+    ref.update(zip((o.name for o in model.graph.output), outputs))
+    ref.update(feeds)
     got.update(feeds)
     return find_divergence(model, ref, got, Tolerance(rtol, atol, atol_scale), origins=origins,
                            subject=subject, reference_name=reference_name)

@@ -46,6 +46,9 @@ class Localization:
     def __str__(self) -> str:
         head = (f"localize: {self.subject} vs {self.reference}: {len(self.tensors)} of "
                 f"{self.total} tensors matched, compared at {self.tolerance}")
+        if not self.tensors:
+            return (f"{head}\n  no tensor matched the reference by name: localization needs a "
+                    f"tm2onnx export (against ONNX: tensor names both models keep)")
         if self.first is None:
             tail = ("every matched tensor within tolerance" if not self.accumulated else
                     "errors grow gradually: no single node explains them (try --rtol/--atol)")
