@@ -150,7 +150,8 @@ def test_runs_aggregate_worst_case_and_top1(tmp_path, capsys):
     (["--runs", "0"], "--runs must be at least 1"),
     (["--localize", "--no-localize"], "contradict"),
     (["--plot", "x.txt"], "--plot writes .png or .svg"),
-], ids=["int-range", "runs", "localize", "plot-suffix"])
+    (["--inputs", "x.npz", "--runs", "2"], "--inputs gives the feeds"),
+], ids=["int-range", "runs", "localize", "plot-suffix", "inputs-and-runs"])
 def test_bad_options_exit_2(tmp_path, capsys, argv, message):
     path = _save(tmp_path, "relu.onnx", RELU)
     assert main(["validate", path, "--against", path, *argv, "-q"]) == 2

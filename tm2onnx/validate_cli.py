@@ -49,6 +49,9 @@ def validate_options(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.runs < 1:
         raise Tm2OnnxError(f"--runs must be at least 1, got {args.runs}")
+    if args.inputs and (args.runs != 1 or args.int_range):
+        raise Tm2OnnxError("--runs and --int-range shape random feeds; --inputs gives the feeds",
+                           hint="drop one of them")
     if args.localize and args.no_localize:
         raise Tm2OnnxError("--localize and --no-localize contradict each other")
     localize: bool | str = "auto"
