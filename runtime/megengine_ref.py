@@ -14,13 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from tm2onnx._quiet import _is_banner
 from tm2onnx.errors import RunError
 
 
 @contextlib.contextmanager
 def _one_line_failures() -> Iterator[None]:
     """MegEngine writes a C++ backtrace to fd 2 before raising: hold fd 2's output, drop it when
-    the run fails (the RunError says what failed, in one line), replay it when the run works."""
+    the run fails (the RunError says what failed, in one line), replay it (less the CUDA
+    banner) when the run works."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as capture:
@@ -35,9 +37,10 @@ def _one_line_failures() -> Iterator[None]:
             os.close(saved)
             if not failed:
                 capture.seek(0)
-                text = capture.read().decode(errors="replace")
-                if text.strip():
-                    sys.stderr.write(text)
+                kept = [line for line in capture.read().decode(errors="replace").splitlines()
+                        if line.strip() and not _is_banner(line)]
+                if kept:
+                    sys.stderr.write("\n".join(kept) + "\n")
 
 
 @contextlib.contextmanager
