@@ -29,7 +29,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def make_session(model: onnx.ModelProto | str, *, device: str = "cpu", opt_level: str = "all",
+def make_session(model: onnx.ModelProto | str | bytes, *, device: str = "cpu", opt_level: str = "all",
                  threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession; `opt_level="disable"` keeps onnxruntime from hiding a broken graph."""
     device = resolve_device(device)
@@ -69,25 +69,30 @@ def run_model(model: onnx.ModelProto | str | ort.InferenceSession, feeds: dict[s
                        hint="check the inputs (--inputs, --int-range, --dim)") from err
 
 
-def expose_all(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose graph outputs are every node output (Polygraphy's `--mark all`)."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for node in exposed.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-    return exposed
-
-
 def run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray], **session_options
             ) -> dict[str, np.ndarray]:
-    """Every intermediate tensor's value from one run (graph optimizations off by default, so
-    no tensor is fused away)."""
+    """Every intermediate tensor's value from one run (Polygraphy's `--mark all`), graph
+    optimizations off by default so that no tensor is fused away."""
     session_options.setdefault("opt_level", "disable")
-    return run_model(expose_all(model), feeds, **session_options)
+    added = _expose_all(model)
+    try:  # the outputs are added and removed in place: a copy of every weight costs seconds
+        session = make_session(model.SerializeToString(), **session_options)
+    finally:
+        for _ in range(added):
+            model.graph.output.pop()
+    return run_model(session, feeds)
+
+
+def _expose_all(model: onnx.ModelProto) -> int:
+    present = {o.name for o in model.graph.output}
+    added = 0
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+                added += 1
+    return added
 
 
 def _one_line(err: Exception) -> str:

@@ -93,7 +93,7 @@ def _diff(name: str, reference: dict, actual: dict, tolerance: Tolerance):
     ref, got = np.asarray(ref), np.asarray(got)
     if not (np.issubdtype(ref.dtype, np.number) or ref.dtype == np.bool_):
         return None
-    return diff_arrays(name, ref, got, tolerance)
+    return diff_arrays(name, ref, got, tolerance, detail=False)
 
 
 def _input_summaries(node: onnx.NodeProto, diffs: dict[str, Any], carried: dict[str, float]
