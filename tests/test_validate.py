@@ -271,3 +271,15 @@ g (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y) <{inits}>
                  "-q"]) == 1
     text = capsys.readouterr().out
     assert "tensor 'y'" in text and "ONNX node:  (unnamed) (Conv)" in text
+
+
+def test_json_report_carries_the_localization(tmp_path, capsys):
+    ref, got = _save(tmp_path, "ref.onnx", _chain(1.0)), _save(tmp_path, "got.onnx", _chain(1.1))
+    assert main(["validate", got, "--against", ref, "--json", "-q"]) == 1
+    report = json.loads(capsys.readouterr().out,
+                        parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    assert report["passed"] is False and report["comparison"]["outputs"][0]["passed"] is False
+    first = report["localization"]["first_divergence"]
+    assert first["tensor"] == "t" and first["op"] == "Mul"
+    assert first["inputs"][0]["name"] == "x" and first["error"]["max_rel"] == "nan"
+    assert [t["tensor"] for t in report["localization"]["tensors"]] == ["t", "u", "y"]

@@ -58,7 +58,7 @@ class Localization:
     def to_dict(self) -> dict:
         return {"subject": self.subject, "reference": self.reference,
                 "matched": len(self.tensors), "total": self.total,
-                "first_divergence": self.first.to_dict() if self.first else None,
+                "first_divergence": self.first.to_dict() if self.first is not None else None,
                 "accumulated": self.accumulated,
                 "tensors": [{"tensor": t.name, "node": t.node, "op": t.op,
                              "max_abs": t.diff.max_abs, "rel_error": t.diff.rel_error,

@@ -76,10 +76,12 @@ class ValidationReport:
                 "int_ranges": {name: list(r) for name, r in (self.int_ranges or {}).items()},
                 "warnings": list(self.warnings), "strict": self.strict,
                 "comparison": self.comparison.to_dict(),
-                "localization": self.localization.to_dict() if self.localization else None}
+                "localization": (self.localization.to_dict() if self.localization is not None
+                                 else None)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, default=float)
+        """Strict JSON: inf/NaN statistics become the strings "inf"/"nan"."""
+        return json.dumps(_finite(self.to_dict()), indent=2, default=float, allow_nan=False)
 
 
 def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "model.onnx",
@@ -164,6 +166,16 @@ def _input_warnings(samples: list[Feeds]) -> list[str]:
     return [f"input {name} is all zeros: a zero input hides wrong weights and scales"
             for name, value in samples[0].items() if value.size and value.dtype != np.bool_
             and all(not sample[name].any() for sample in samples)]
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
 
 
 def _device_of(provider_name: str) -> str:
