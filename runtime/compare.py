@@ -156,17 +156,18 @@ def diff_arrays(name: str, ref: np.ndarray, got: np.ndarray | None,
                       _constant_warning(ref_w) if detail else "")
 
 
-def merge(first: Comparison, second: Comparison) -> Comparison:
-    """Worst case of two runs output by output (max errors, min cosine/top-1, mean of means)."""
+def merge(first: Comparison, second: Comparison, *, runs: int = 1) -> Comparison:
+    """Worst case output by output of `first` (already merged over `runs` runs) and one more
+    run: max errors, min cosine/top-1, mean of the mean errors."""
     by_name = {d.name: d for d in second.diffs}
-    return Comparison(tuple(_merge_diff(d, by_name.get(d.name, d)) for d in first.diffs),
+    return Comparison(tuple(_merge_diff(d, by_name.get(d.name, d), runs) for d in first.diffs),
                       first.tolerance)
 
 
-def _merge_diff(a: OutputDiff, b: OutputDiff) -> OutputDiff:
+def _merge_diff(a: OutputDiff, b: OutputDiff, runs: int) -> OutputDiff:
     top1 = None if a.top1 is None or b.top1 is None else min(a.top1, b.top1)
     warning = a.warning if a.warning == b.warning else ""  # constant in every run, or not
-    return replace(a, max_abs=max(a.max_abs, b.max_abs), mean_abs=(a.mean_abs + b.mean_abs) / 2,
+    return replace(a, max_abs=max(a.max_abs, b.max_abs), mean_abs=(a.mean_abs * runs + b.mean_abs) / (runs + 1),
                    max_rel=max(a.max_rel, b.max_rel), passed=a.passed and b.passed,
                    problem=a.problem or b.problem, scale=max(a.scale, b.scale),
                    atol=min(a.atol, b.atol), needed_atol=max(a.needed_atol, b.needed_atol),

@@ -126,7 +126,10 @@ def _assign(arrays: dict[str, np.ndarray], specs: list) -> dict[str, np.ndarray]
         if unknown:
             raise ValidationError(f"--inputs has {unknown}, not inputs of the model",
                                   hint=f"use the input names {names} or arr_0... by position")
-        arrays = {names[i]: arrays[key] for i, key in enumerate(positional) if i < len(names)}
+        if len(positional) > len(names):
+            raise ValidationError(f"--inputs gives {len(positional)} arrays",
+                                  hint=f"the model takes {len(names)}: {names}")
+        arrays = {names[i]: arrays[key] for i, key in enumerate(positional)}
         missing = names[len(positional):]
     if missing:
         raise ValidationError(f"--inputs gives no value for input(s) {missing}",

@@ -125,7 +125,9 @@ def test_inputs_from_npz_npy_and_batches(tmp_path, capsys):
     ({"z": np.zeros((1, 3), np.float32)}, "--inputs has ['z'], not inputs of the model"),
     ({"x": np.zeros((1, 4), np.float32)}, "input 'x' has shape [1, 4] — the model takes x"),
     ({"x": np.zeros((1, 3), np.float64)}, "input 'x' is float64 — the model takes x"),
-], ids=["name", "shape", "dtype"])
+    ({"arr_0": np.zeros((1, 3), np.float32), "arr_1": np.zeros((1, 3), np.float32)},
+     "--inputs gives 2 arrays — the model takes 1"),
+], ids=["name", "shape", "dtype", "count"])
 def test_wrong_inputs_are_one_line_errors(tmp_path, capsys, arrays, message):
     path = _save(tmp_path, "relu.onnx", RELU)
     np.savez(tmp_path / "bad.npz", **arrays)

@@ -130,10 +130,10 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
     samples, source = _samples(model, inputs, seed, runs, dims, int_range)
     session = make_session(model, device=device)
     comparison = None
-    for feeds in samples:
+    for index, feeds in enumerate(samples):
         result = compare(run_reference(feeds), run_model(session, feeds), rtol=rtol, atol=atol,
                          atol_scale=atol_scale)
-        comparison = result if comparison is None else merge(comparison, result)
+        comparison = result if comparison is None else merge(comparison, result, runs=index)
     warnings = tuple(_input_warnings(samples) + comparison.warnings)
     found = None
     if localize is True or (localize == "auto" and not comparison):
