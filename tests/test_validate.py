@@ -285,3 +285,16 @@ def test_json_report_carries_the_localization(tmp_path, capsys):
     assert first["tensor"] == "t" and first["op"] == "Mul"
     assert first["inputs"][0]["name"] == "x" and first["error"]["max_rel"] == "nan"
     assert [t["tensor"] for t in report["localization"]["tensors"]] == ["t", "u", "y"]
+
+
+def test_device_cuda_without_its_provider_is_one_line(tmp_path, capsys):
+    import onnxruntime as ort
+
+    path = _save(tmp_path, "relu.onnx", RELU)
+    code = main(["validate", path, "--against", path, "--device", "cuda", "-q"])
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        assert code == 0 and "(onnxruntime cuda)" in capsys.readouterr().out
+    else:
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no CUDAExecutionProvider" in err
