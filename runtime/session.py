@@ -1,4 +1,5 @@
-"""onnxruntime sessions on CPU or CUDA, with a clear error when the CUDA provider is absent."""
+"""onnxruntime sessions on CPU or CUDA, with a clear error when the CUDA provider is absent;
+`run_all` exposes every intermediate tensor as an output (for localization)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from tm2onnx.errors import ValidationError
+from tm2onnx.errors import RunError, ValidationError
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"],
              "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+DEVICES = ("cpu", "cuda", "auto")
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -18,14 +20,25 @@ OPT_LEVELS = {
 }
 
 
-def make_session(model: onnx.ModelProto | str, *, device: str = "cpu", opt_level: str = "all",
+def resolve_device(device: str) -> str:
+    """'auto' is CUDA when onnxruntime has its provider here, else CPU."""
+    if device not in DEVICES:
+        raise ValidationError(f"unknown device {device!r}", hint="use 'cpu', 'cuda' or 'auto'")
+    if device == "auto":
+        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    return device
+
+
+def make_session(model: onnx.ModelProto | str | bytes, *, device: str = "cpu", opt_level: str = "all",
                  threads: int | None = None) -> ort.InferenceSession:
     """An InferenceSession; `opt_level="disable"` keeps onnxruntime from hiding a broken graph."""
-    if device not in PROVIDERS:
-        raise ValidationError(f"unknown device {device!r}", hint="use 'cpu' or 'cuda'")
+    device = resolve_device(device)
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise ValidationError("onnxruntime has no CUDAExecutionProvider here",
                               hint="pip install 'tm2onnx[gpu]' (onnxruntime-gpu) on a CUDA machine")
+    if opt_level not in OPT_LEVELS:
+        raise ValidationError(f"unknown optimization level {opt_level!r}",
+                              hint=f"use one of {', '.join(OPT_LEVELS)}")
     options = ort.SessionOptions()
     options.graph_optimization_level = OPT_LEVELS[opt_level]
     options.log_severity_level = 3
@@ -35,13 +48,53 @@ def make_session(model: onnx.ModelProto | str, *, device: str = "cpu", opt_level
     try:
         return ort.InferenceSession(source, options, providers=PROVIDERS[device])
     except Exception as err:  # onnxruntime raises several unrelated types
-        raise ValidationError(f"onnxruntime cannot load the model: {err}") from err
+        raise RunError(f"onnxruntime cannot load the model: {_one_line(err)}") from err
+
+
+def provider(session: ort.InferenceSession) -> str:
+    """The provider that runs first: what 'onnxruntime cuda' really means for this session."""
+    return session.get_providers()[0]
 
 
 def run_model(model: onnx.ModelProto | str | ort.InferenceSession, feeds: dict[str, np.ndarray],
               **session_options) -> dict[str, np.ndarray]:
-    """Run once and return outputs by name."""
+    """Run once and return outputs by name; a runtime failure is a RunError, not a mismatch."""
     session = model if isinstance(model, ort.InferenceSession) else make_session(
         model, **session_options)
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    try:
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as err:  # onnxruntime's Fail/InvalidArgument/RuntimeException...
+        raise RunError(f"onnxruntime failed to run the model: {_one_line(err)}",
+                       hint="check the inputs (--inputs, --int-range, --dim)") from err
+
+
+def run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray], **session_options
+            ) -> dict[str, np.ndarray]:
+    """Every intermediate tensor's value from one run (Polygraphy's `--mark all`), graph
+    optimizations off by default so that no tensor is fused away."""
+    session_options.setdefault("opt_level", "disable")
+    added = _expose_all(model)
+    try:  # the outputs are added and removed in place: a copy of every weight costs seconds
+        session = make_session(model.SerializeToString(), **session_options)
+    finally:
+        for _ in range(added):
+            model.graph.output.pop()
+    return run_model(session, feeds)
+
+
+def _expose_all(model: onnx.ModelProto) -> int:
+    present = {o.name for o in model.graph.output}
+    added = 0
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+                present.add(name)
+                added += 1
+    return added
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 300 else text[:297] + "..."

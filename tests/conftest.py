@@ -34,3 +34,20 @@ def _megengine_or_fail():
 def megengine():
     """The megengine module; tests that need it fail under CI=true when it is missing."""
     return _megengine_or_fail()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs onnxruntime's CUDAExecutionProvider "
+                            "(skips cleanly without it: the one allowed skip)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return
+    skip = pytest.mark.skip(reason="no CUDAExecutionProvider (install tm2onnx[gpu] on a CUDA "
+                                   "machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

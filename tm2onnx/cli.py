@@ -1,4 +1,4 @@
-"""`tm2onnx` command line: export | optimize | validate | where | transforms."""
+"""`tm2onnx` command line: export | optimize | validate | bench | where | transforms."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args, Progress(args.quiet))
     except Tm2OnnxError as err:
         print(f"tm2onnx {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(err, "exit_code", EXIT_ERROR)
     except KeyboardInterrupt:
         print("tm2onnx: interrupted", file=sys.stderr)
         return 130

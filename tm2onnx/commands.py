@@ -10,13 +10,16 @@ from typing import Any
 import onnx
 
 from ._quiet import silence_megengine_banner
+from .bench_cli import bench_arguments, bench_command
 from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
-from .errors import LoadError, Tm2OnnxError, ValidationError
+from .errors import LoadError, OutputMismatch, RunError, Tm2OnnxError
+from .validate_cli import validate_arguments, validate_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
-DEFAULT_TOLERANCE = (1e-4, 1e-4)  # (rtol, atol): fp32 through 50 layers summed in another order
-# Transforms that trade precision, and the tolerance their results are checked at (the guide
-# checks its fp16 Linear at atol 5e-2); `wrap` changes the function on purpose.
+# (rtol, atol as a fraction of each output's max|ref|): fp32 through 50 layers summed in
+# another order. Transforms that trade precision, and the tolerance their results are checked
+# at (the guide checks its fp16 Linear at atol 5e-2); `wrap` changes the function on purpose.
+DEFAULT_TOLERANCE = (1e-4, 1e-4)
 APPROXIMATE = {"fp16": (1e-2, 5e-2), "fp16-linear": (1e-2, 5e-2)}
 NOT_COMPARABLE = {"wrap"}
 
@@ -56,9 +59,11 @@ def _validation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("validation")
     group.add_argument("--seed", type=int, default=0, help="seed of the random inputs (0)")
     group.add_argument("--rtol", type=float, help="relative tolerance (1e-4; 1e-2 after fp16)")
-    group.add_argument("--atol", type=float, help="absolute tolerance (1e-4; 5e-2 after fp16)")
-    group.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                       help="onnxruntime execution provider (cpu)")
+    group.add_argument("--atol", type=float,
+                       help="absolute tolerance (default: 1e-4 x each output's max|ref|; "
+                            "5e-2 x after fp16)")
+    group.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                       help="onnxruntime execution provider; auto = cuda when present (cpu)")
     group.add_argument("--dim", action="append", metavar="NAME=SIZE",
                        help="size for a symbolic input dim, e.g. --dim batch=4")
 
@@ -89,12 +94,14 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _tolerances(args: argparse.Namespace, passes: list[str] | tuple[str, ...] = ()
                 ) -> dict[str, Any]:
-    """Explicit --rtol/--atol win; otherwise the loosest tolerance any of `passes` needs."""
-    rtol, atol = DEFAULT_TOLERANCE
+    """Explicit --rtol/--atol win (--atol is absolute); otherwise the loosest tolerance any of
+    `passes` needs, atol scaled to each output's magnitude."""
+    rtol, atol_scale = DEFAULT_TOLERANCE
     for name in passes:
-        rtol, atol = (max(a, b) for a, b in zip((rtol, atol), APPROXIMATE.get(name, (0, 0))))
+        rtol, atol_scale = (max(a, b) for a, b in
+                            zip((rtol, atol_scale), APPROXIMATE.get(name, (0, 0))))
     return {"seed": args.seed, "rtol": rtol if args.rtol is None else args.rtol,
-            "atol": atol if args.atol is None else args.atol, "device": args.device,
+            "atol": args.atol, "atol_scale": atol_scale, "device": args.device,
             "dims": _dims(args)}
 
 
@@ -116,6 +123,7 @@ def load_onnx(path: str) -> onnx.ModelProto:
 def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progress,
                validate: bool) -> onnx.ModelProto:
     """Run --passes; with `validate`, compare before/after every transform and stop at drift."""
+    from .runtime import random_feeds, run_model
     from .transforms import run_pipeline
     from .validate import against_onnx
 
@@ -129,13 +137,17 @@ def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progr
             try:
                 result = against_onnx(after, before, subject=f"after {name}",
                                       reference=f"before {name}", **_tolerances(args, [name]))
-            except ValidationError as err:
+            except RunError as err:
+                # Blame the transform only when the model ran before it: a model or feeds that
+                # onnxruntime cannot run at all are reported as such (this raises first).
+                feeds = random_feeds(before, seed=args.seed, dims=_dims(args))
+                run_model(before, feeds, device=args.device, opt_level="disable")
                 raise Tm2OnnxError(f"after transform {name!r}: {err}",
                                    hint="drop it from --passes and report the model") from err
             if not result:
                 print(result)
-                raise Tm2OnnxError(f"transform {name!r} changed the outputs beyond tolerance",
-                                   hint="drop it from --passes and report the model")
+                raise OutputMismatch(f"transform {name!r} changed the outputs beyond tolerance",
+                                     hint="drop it from --passes and report the model")
 
     progress.step(f"running transforms: {', '.join(names)}")
     model, _reports = run_pipeline(model, names, options=_pipeline_options(args),
@@ -242,46 +254,13 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
     return EXIT_OK
 
 
-# ---- validate ------------------------------------------------------------------------------
-def _validate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="ONNX model to check (or a .tm: exported in memory)")
-    reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--tm", metavar="MODEL.tm",
-                           help="MegEngine reference (a pickled TracedModule)")
-    reference.add_argument("--against", metavar="REF.onnx", help="another ONNX model as reference")
-    _validation_options(parser)
-
-
-@command("validate", "compare an ONNX model with MegEngine (or another ONNX model) on "
-         "seeded random inputs", _validate_arguments)
-def validate_command(args: argparse.Namespace, progress: Progress) -> int:
-    from . import validate
-
-    if args.against:
-        report = validate.against_onnx(load_onnx(args.model), load_onnx(args.against),
-                                       subject=args.model, reference=args.against,
-                                       **_tolerances(args))
-    else:
-        report = _validate_with_megengine(args, progress)
-    print(report)
-    return EXIT_OK if report else EXIT_MISMATCH
-
-
-def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> Any:
-    from .exporter import export, load_traced
-    from .validate import against_megengine
-
-    tm_path = args.tm or (args.model if args.model.endswith(".tm") else None)
-    if tm_path is None:
-        raise Tm2OnnxError("no reference given", where=args.model,
-                           hint="add --tm MODEL.tm (MegEngine) or --against REF.onnx")
-    silence_megengine_banner()
-    progress.step(f"loading {tm_path}")
-    traced = load_traced(tm_path)
-    model = load_onnx(args.model) if args.model != tm_path else export(traced, source=tm_path)
-    progress.step("running onnxruntime and MegEngine")
-    return against_megengine(model, traced, subject=args.model,
-                             reference=f"MegEngine ({tm_path})", **_tolerances(args))
+# ---- validate (options and handler in validate_cli.py) -------------------------------------
+command("validate", "compare an ONNX model with MegEngine (or another ONNX model) on seeded "
+        "or given inputs; on a difference, name the first tensor that diverges",
+        validate_arguments)(validate_command)
+command("bench", "time an ONNX model in onnxruntime (median/p90/p99, throughput), interleaved "
+        "with --against ONNX and/or --tm MegEngine; prints the ratios", bench_arguments)(
+    bench_command)
 
 
 # ---- where / transforms ------------------------------------------------------------------------

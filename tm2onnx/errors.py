@@ -38,3 +38,13 @@ class TransformError(Tm2OnnxError):
 
 class ValidationError(Tm2OnnxError):
     """Outputs differ beyond tolerance, or a runtime could not run the model."""
+
+
+class RunError(ValidationError):
+    """onnxruntime or MegEngine could not run the model: an error (exit 2), not a difference."""
+
+
+class OutputMismatch(ValidationError):
+    """Outputs were compared and differ beyond tolerance: the one error that exits with 1."""
+
+    exit_code = 1

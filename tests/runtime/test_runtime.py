@@ -57,3 +57,17 @@ def test_cuda_needs_its_provider():
     else:
         with pytest.raises(ValidationError, match="no CUDAExecutionProvider .*tm2onnx\\[gpu\\]"):
             make_session(DYNAMIC, device="cuda")
+
+
+def test_merge_keeps_the_worst_case_and_the_true_mean():
+    from tm2onnx.runtime.compare import merge
+
+    ref = {"y": np.zeros(4, np.float32)}
+    runs = [compare(ref, {"y": np.full(4, err, np.float32)}, rtol=0, atol=0.5)
+            for err in (0.1, 0.2, 0.6)]
+    merged = runs[0]
+    for index, run in enumerate(runs[1:], start=1):
+        merged = merge(merged, run, runs=index)
+    worst = merged.diffs[0]
+    assert worst.max_abs == pytest.approx(0.6) and not worst.passed
+    assert worst.mean_abs == pytest.approx(0.3)
