@@ -304,3 +304,24 @@ def test_fresh_names_from_a_counter_skip_reserved_names():
     names = [ctx.unique("conv") for _ in range(4)] + [ctx.unique("") for _ in range(3)]
     assert names == ["conv", "conv_1", "conv_3", "conv_4", "", "_1", "_2"]
     assert [ctx.node_name("conv") for _ in range(2)] == ["conv", "conv_1"]  # own namespace
+
+
+def test_concat_module_of_0d(megengine):
+    """M.Concat (the quantization-ready form of F.concat) with 0-d scales."""
+    import megengine.module as M
+
+    import tm2onnx
+
+    class Rescale(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.cat = M.Concat()
+
+        def forward(self, boxes):
+            scale = boxes[0, 0] + 2
+            return boxes / self.cat([scale, boxes[1, 1], scale, 2 * scale])
+
+    traced, x = _traced(Rescale, shape=(5, 4))
+    model = tm2onnx.export(traced)
+    assert "Concat" in ops(model)
+    _assert_close(_reference(traced, [x]), _run(model, [x]))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from megengine.traced_module import TracedModule
 from megengine.traced_module.expr import CallMethod, Constant, GetAttr, Input
 from megengine.traced_module.node import ModuleNode, TensorNode
 
@@ -38,8 +39,6 @@ class _Walk:
         return self.unsupported
 
     def _is_traced_call(self, expr: Any) -> bool:
-        from megengine.traced_module import TracedModule
-
         return (isinstance(expr, CallMethod) and isinstance(expr.inputs[0], ModuleNode)
                 and isinstance(self.modules[expr.inputs[0]][0], TracedModule))
 

@@ -219,5 +219,9 @@ def concat_module(ctx: ExportContext, expr: Any, concat: Any) -> None:
     want = out_dtype(expr)
     pieces = [_input_as(ctx, node, want) if hasattr(node, "expr") else
               ctx.const(np.asarray(node, dtype=want)) for node in args["inps"]]
+    # a 0-d input concatenates as shape (1,) in MegEngine (ONNX Concat needs rank >= 1)
+    ranks = [len(node.shape) if hasattr(node, "expr") else np.ndim(node) for node in args["inps"]]
+    pieces = [ctx.op("Reshape", [piece, ctx.shape_const([1])]) if rank == 0 else piece
+              for rank, piece in zip(ranks, pieces)]
     ctx.emit("Concat", pieces, expr.outputs,
              axis=normalize_axis(int(args["axis"]), len(expr.outputs[0].shape)))
