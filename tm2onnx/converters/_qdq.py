@@ -1,0 +1,210 @@
+"""QDQ building blocks shared by the QAT and int8 converters: quantization parameters read from
+MegEngine (observers, fake-quant modules, quantized dtypes), numpy quantization with MegEngine's
+rounding (half away from zero), and emitting QuantizeLinear/DequantizeLinear pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..context import ExportContext
+from ..errors import ConversionError
+
+QDQ_ACTIVATIONS = ("uint8", "int8")
+DEFAULT_QDQ_ACTIVATIONS = "uint8"  # onnxruntime CPU's int8 kernels are fastest as U8S8
+MIN_QDQ_OPSET = 13  # per-channel (axis) DequantizeLinear
+INT32 = (-(2 ** 31), 2 ** 31 - 1)
+DTYPE_RANGES = {"QuantizedS8": (-128, 127), "Quantized8Asymm": (0, 255), "QuantizedS32": INT32}
+# Ops that keep every value of a quantized tensor on its grid (same scale and zero point):
+# re-quantizing their output with the input's parameters is exact.
+ON_GRID = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Transpose", "Squeeze",
+                     "Unsqueeze", "Identity", "DepthToSpace", "SpaceToDepth", "Expand", "Tile",
+                     "Slice", "Gather", "Clip"})
+# Ops MegEngine's int8 kernels run on quantized input, rounding the result back to its scale.
+ROUNDED = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean"})
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Scale (scalar, or one per output channel), integer zero point, and the integer range."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.size > 1
+
+    def quantize(self, values: np.ndarray, axis: int = 0) -> np.ndarray:
+        """Integers as MegEngine rounds them (half away from zero), saturated to the range."""
+        shape = [1] * values.ndim
+        if self.per_channel:
+            shape[axis] = -1
+        scale = self.scale.reshape(shape) if values.ndim else self.scale
+        zero = self.zero_point.reshape(shape) if values.ndim else self.zero_point
+        scaled = values.astype(np.float32) / scale
+        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+        return np.clip(rounded + zero, self.qmin, self.qmax)
+
+
+def storage_dtype(qmin: int, qmax: int) -> np.dtype:
+    for dtype in (np.int8, np.uint8, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= qmin and qmax <= info.max:
+            return np.dtype(dtype)
+    raise ValueError(f"no integer type holds [{qmin}, {qmax}]")
+
+
+def from_megengine(ctx: ExportContext, qparams: Any, what: str) -> QParams:
+    """QParams from MegEngine's `QParams` (what get_qparams of an observer/fake-quant gives)."""
+    if qparams is None or qparams.scale is None:
+        raise ConversionError(f"{ctx.module_path}: the {what} has no quantization scale (no "
+                              "observer or fake-quant, or never calibrated)", where=ctx.source,
+                              hint="run calibration forward passes before tracing, or set a "
+                                   "qconfig with an observer")
+    scale = np.asarray(_numpy(qparams.scale), dtype=np.float32).reshape(-1)
+    symmetric = getattr(qparams.mode, "name", "SYMMERTIC") == "SYMMERTIC"
+    zero = (np.zeros_like(scale) if symmetric or qparams.zero_point is None
+            else np.asarray(_numpy(qparams.zero_point), dtype=np.float32).reshape(-1))
+    meta = qparams.dtype_meta
+    return _checked(ctx, QParams(scale, np.round(zero).astype(np.int64), int(meta.qmin),
+                                 int(meta.qmax)), what)
+
+
+def from_dtype(ctx: ExportContext, dtype: Any, what: str) -> QParams:
+    """QParams of a MegEngine quantized dtype (qint8(scale), quint8(scale, zp), ...)."""
+    from megengine.core.tensor import dtype as mge_dtype
+
+    if dtype is None or not mge_dtype.is_quantize(dtype):
+        raise ConversionError(f"{ctx.module_path}: the {what} has dtype {dtype}, not a "
+                              "quantized one", where=ctx.source,
+                              hint="build the model with megengine.quantization.quantize")
+    name = dtype.metadata["mgb_dtype"]["name"]
+    if name not in DTYPE_RANGES:
+        raise ConversionError(f"{ctx.module_path}: the {what} is {name}; QDQ export handles "
+                              f"{', '.join(DTYPE_RANGES)}", where=ctx.source,
+                              hint="quantize to qint8/quint8 (low-bit types have no ONNX form)")
+    scale = np.asarray([mge_dtype.get_scale(dtype)], dtype=np.float32)
+    zero = np.asarray([mge_dtype.get_zero_point(dtype) if "Asymm" in name else 0], np.int64)
+    return _checked(ctx, QParams(scale, zero, *DTYPE_RANGES[name]), what)
+
+
+def _checked(ctx: ExportContext, qp: QParams, what: str) -> QParams:
+    if not np.all(np.isfinite(qp.scale)) or np.any(qp.scale <= 0):
+        raise ConversionError(f"{ctx.module_path}: the {what} scale {qp.scale} is not a positive "
+                              "number", where=ctx.source, hint="calibrate the model first")
+    return qp
+
+
+def check_opset(ctx: ExportContext) -> None:
+    if ctx.opset < MIN_QDQ_OPSET:
+        raise ConversionError(f"{ctx.module_path}: quantized modules need opset >= "
+                              f"{MIN_QDQ_OPSET} (per-channel DequantizeLinear)",
+                              where=ctx.source, hint=f"export with --opset {MIN_QDQ_OPSET} or newer")
+
+
+# ---- activations -----------------------------------------------------------------------------
+def activation_encoding(ctx: ExportContext, qp: QParams) -> tuple[np.dtype, int]:
+    """ONNX storage type and zero-point shift for an 8-bit activation: uint8 = int8 + 128 with
+    the zero point moved by 128 (the same real values), as `--qdq-activations` asks."""
+    if qp.qmax - qp.qmin != 255:
+        raise ConversionError(f"{ctx.module_path}: activation range [{qp.qmin}, {qp.qmax}] is "
+                              "not a full 8-bit range; QDQ activations are int8 or uint8",
+                              where=ctx.source, hint="quantize activations to qint8 or quint8")
+    wanted = getattr(ctx, "qdq_activations", DEFAULT_QDQ_ACTIVATIONS)
+    if wanted not in QDQ_ACTIVATIONS:
+        raise ConversionError(f"qdq_activations={wanted!r} is not one of {QDQ_ACTIVATIONS}",
+                              where=ctx.source, hint="use uint8 (onnxruntime CPU) or int8")
+    shift = {("uint8", -128): 128, ("int8", 0): -128}.get((wanted, qp.qmin), 0)
+    return np.dtype(wanted), shift
+
+
+def qdq_params(ctx: ExportContext, qp: QParams) -> tuple[gs.Constant, gs.Constant]:
+    dtype, shift = activation_encoding(ctx, qp)
+    scale = ctx.const(qp.scale.reshape(()) if not qp.per_channel else qp.scale,
+                      name=f"{ctx.base_name}.act_scale")
+    zero = ctx.const(np.asarray(qp.zero_point.reshape(()) + shift, dtype=dtype),
+                     name=f"{ctx.base_name}.act_zero_point")
+    return scale, zero
+
+
+def emit_qdq(ctx: ExportContext, value: Any, qp: QParams, outputs: list | None = None,
+             *, relu: bool = False) -> Any:
+    """QuantizeLinear -> DequantizeLinear of a float tensor (fake quantization). `relu` puts the
+    ReLU after quantization as Clip(q, min=zero point): exact (Q is monotone and Q(0) is the
+    zero point), and it leaves Conv/Gemm -> QuantizeLinear adjacent for onnxruntime to fuse into
+    int8 kernels (its CPU Clip runs on int8/uint8; Max does not)."""
+    scale, zero = qdq_params(ctx, qp)
+    quantized = ctx.op("QuantizeLinear", [value, scale, zero])
+    if relu:
+        quantized = ctx.op("Clip", [quantized, zero])
+    if outputs is None:
+        return ctx.op("DequantizeLinear", [quantized, scale, zero])
+    return ctx.emit("DequantizeLinear", [quantized, scale, zero], outputs)[0]
+
+
+def grid_of(tensor: Any, *, rounded: bool, depth: int = 32) -> tuple[Any, Any] | None:
+    """(scale, zero point) of the DequantizeLinear whose grid `tensor` lies on, looking back
+    through ops that keep values on it (and, with `rounded`, ops MegEngine's int8 kernels
+    round back to it); None when the tensor is plain float."""
+    allowed = ON_GRID | ROUNDED if rounded else ON_GRID
+    for _ in range(depth):
+        if not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
+            return None
+        node = tensor.inputs[0]
+        if node.op == "DequantizeLinear" and len(node.inputs) == 3:
+            return node.inputs[1], node.inputs[2]
+        if node.op not in allowed or not node.inputs:
+            return None
+        tensor = node.inputs[0]
+    return None
+
+
+def quantized_input(ctx: ExportContext, node: Any, *, rounded: bool) -> tuple[Any, Any]:
+    """The input of a quantized op as a DequantizeLinear output, and its scale constant (None
+    when the input is not quantized, e.g. after a float AvgPool in a QAT net)."""
+    value = ctx.value_of(node)
+    grid = grid_of(value, rounded=rounded)
+    if grid is None:
+        return value, None
+    scale, zero = grid
+    producer = value.inputs[0] if isinstance(value, gs.Variable) and value.inputs else None
+    if producer is None or producer.op != "DequantizeLinear":
+        quantized = ctx.op("QuantizeLinear", [value, scale, zero])
+        value = ctx.op("DequantizeLinear", [quantized, scale, zero])
+    return value, scale
+
+
+# ---- weights and bias ------------------------------------------------------------------------
+def dq_weight(ctx: ExportContext, name: str, integers: np.ndarray, qp: QParams,
+              axis: int = 0) -> Any:
+    """An integer weight initializer and its DequantizeLinear (per-channel on `axis`)."""
+    dtype = storage_dtype(qp.qmin, qp.qmax)
+    weight = ctx.param(f"{name}_quantized", integers.astype(dtype))
+    scale = ctx.param(f"{name}_scale", qp.scale if qp.per_channel else qp.scale.reshape(()))
+    zero = qp.zero_point if qp.per_channel else qp.zero_point.reshape(())
+    zero = ctx.param(f"{name}_zero_point", zero.astype(dtype))
+    return ctx.op("DequantizeLinear", [weight, scale, zero],
+                  axis=axis if qp.per_channel else None)
+
+
+def dq_bias(ctx: ExportContext, name: str, bias: np.ndarray | None, weight_qp: QParams,
+            input_scale: Any) -> Any:
+    """Bias as int32 at scale input_scale * weight_scale (what MegEngine's int8 kernels and QAT's
+    fake_quant_bias use); float when the input is not quantized."""
+    if bias is None:
+        return None
+    if input_scale is None or not isinstance(input_scale, gs.Constant):
+        return ctx.param(name, bias.astype(np.float32))
+    scale = (np.float32(input_scale.values.reshape(-1)[0]) * weight_qp.scale).astype(np.float32)
+    qp = QParams(scale, np.zeros(scale.shape, np.int64), *INT32)
+    return dq_weight(ctx, name, qp.quantize(bias.reshape(-1)), qp)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
