@@ -15,8 +15,16 @@ import numpy as np
 from ..context import ExportContext
 from ..errors import ConversionError
 from . import module_converter
-from ._qdq import (QParams, check_opset, dq_bias, dq_weight, emit_qdq, from_dtype,
-                   from_megengine, quantized_input)
+from ._qdq import (
+    QParams,
+    check_opset,
+    dq_bias,
+    dq_weight,
+    emit_qdq,
+    from_dtype,
+    from_megengine,
+    quantized_input,
+)
 from ._util import normalize_axis
 from .activation import elemwise_module
 from .conv import check_conv, emit_conv, ungrouped
