@@ -25,6 +25,9 @@ ON_GRID = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Transpose", "Sque
                      "Slice", "Gather", "Clip"})
 # Ops MegEngine's int8 kernels run on quantized input, rounding the result back to its scale.
 ROUNDED = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean"})
+# An average of n integers is a multiple of 1/n: above float error (~1e-5 for |y| <= 128) and
+# below 1/(2n) for windows of fewer than 5000 elements, so it only turns near-ties into ties.
+TIE_SLACK = 1e-4
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,14 @@ class QParams:
         scale = self.scale.reshape(shape) if values.ndim else self.scale
         zero = self.zero_point.reshape(shape) if values.ndim else self.zero_point
         scaled = values.astype(np.float32) / scale
-        rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
-        return np.clip(rounded + zero, self.qmin, self.qmax)
+        return np.clip(round_half_away(scaled) + zero, self.qmin, self.qmax)
+
+
+def round_half_away(values: np.ndarray) -> np.ndarray:
+    """MegEngine's rounding (C++ std::round); exact where floor(|x| + 0.5) is not (0.49999997)."""
+    magnitude = np.abs(values)
+    whole = np.floor(magnitude)
+    return np.sign(values) * (whole + (magnitude - whole >= 0.5))
 
 
 def storage_dtype(qmin: int, qmax: int) -> np.dtype:
@@ -148,36 +157,50 @@ def emit_qdq(ctx: ExportContext, value: Any, qp: QParams, outputs: list | None =
     return ctx.emit("DequantizeLinear", [quantized, scale, zero], outputs)[0]
 
 
-def grid_of(tensor: Any, *, rounded: bool, depth: int = 32) -> tuple[Any, Any] | None:
-    """(scale, zero point) of the DequantizeLinear whose grid `tensor` lies on, looking back
-    through ops that keep values on it (and, with `rounded`, ops MegEngine's int8 kernels
-    round back to it); None when the tensor is plain float."""
+def grid_of(tensor: Any, *, rounded: bool, depth: int = 32) -> tuple[Any, Any, bool] | None:
+    """(scale, zero point, whether a rounding op was passed) of the DequantizeLinear whose grid
+    `tensor` lies on, looking back through ops that keep values on it (and, with `rounded`, ops
+    MegEngine's int8 kernels round back to it); None when the tensor is plain float."""
     allowed = ON_GRID | ROUNDED if rounded else ON_GRID
+    passed_rounding = False
     for _ in range(depth):
         if not isinstance(tensor, gs.Variable) or len(tensor.inputs) != 1:
             return None
         node = tensor.inputs[0]
         if node.op == "DequantizeLinear" and len(node.inputs) == 3:
-            return node.inputs[1], node.inputs[2]
+            return node.inputs[1], node.inputs[2], passed_rounding
         if node.op not in allowed or not node.inputs:
             return None
+        passed_rounding = passed_rounding or node.op in ROUNDED
         tensor = node.inputs[0]
     return None
 
 
 def quantized_input(ctx: ExportContext, node: Any, *, rounded: bool) -> tuple[Any, Any]:
     """The input of a quantized op as a DequantizeLinear output, and its scale constant (None
-    when the input is not quantized, e.g. after a float AvgPool in a QAT net)."""
+    when the input is not quantized, e.g. after a float AvgPool in a QAT net). After an
+    averaging op, values are rounded half away from zero first, as MegEngine's int8 pooling
+    does (QuantizeLinear alone rounds ties to even, and 2x2 means end in .5 often)."""
     value = ctx.value_of(node)
     grid = grid_of(value, rounded=rounded)
     if grid is None:
         return value, None
-    scale, zero = grid
-    producer = value.inputs[0] if isinstance(value, gs.Variable) and value.inputs else None
-    if producer is None or producer.op != "DequantizeLinear":
+    scale, zero, passed_rounding = grid
+    if value.inputs[0].op != "DequantizeLinear":
+        if passed_rounding:
+            value = _round_to_grid(ctx, value, scale)
         quantized = ctx.op("QuantizeLinear", [value, scale, zero])
         value = ctx.op("DequantizeLinear", [quantized, scale, zero])
     return value, scale
+
+
+def _round_to_grid(ctx: ExportContext, value: Any, scale: Any) -> Any:
+    """sign(y) * floor(|y| + 0.5 + TIE_SLACK) * scale for y = value / scale: MegEngine averages
+    the integers exactly, so its ties are exact .5; here y carries float error (4.4999998)."""
+    scaled = ctx.op("Div", [value, scale])
+    half = ctx.const(np.asarray(0.5 + TIE_SLACK, np.float32))
+    whole = ctx.op("Floor", [ctx.op("Add", [ctx.op("Abs", [scaled]), half])])
+    return ctx.op("Mul", [ctx.op("Mul", [ctx.op("Sign", [scaled]), whole]), scale])
 
 
 # ---- weights and bias ------------------------------------------------------------------------
