@@ -118,40 +118,42 @@ def check_opset(ctx: ExportContext) -> None:
 
 
 # ---- activations -----------------------------------------------------------------------------
-def activation_encoding(ctx: ExportContext, qp: QParams) -> tuple[np.dtype, int]:
-    """ONNX storage type and zero-point shift for an 8-bit activation: uint8 = int8 + 128 with
-    the zero point moved by 128 (the same real values), as `--qdq-activations` asks."""
-    if qp.qmax - qp.qmin != 255:
-        raise ConversionError(f"{ctx.module_path}: activation range [{qp.qmin}, {qp.qmax}] is "
-                              "not a full 8-bit range; QDQ activations are int8 or uint8",
-                              where=ctx.source, hint="quantize activations to qint8 or quint8")
+def activation_encoding(ctx: ExportContext, qp: QParams, *, relu: bool = False
+                        ) -> tuple[np.dtype, int]:
+    """ONNX storage type and zero-point shift for an 8-bit activation, the same real values:
+    uint8 = int8 + 128 (zero point 128), as `--qdq-activations` asks. A ReLU output in uint8
+    gets zero point 0 instead (values 0..127): onnxruntime's AVX2 U8S8 kernels add pairs of
+    u8*s8 products in int16, which saturates for inputs near 255 and large weights."""
+    if qp.qmax - qp.qmin != 255 or qp.per_channel:
+        raise ConversionError(f"{ctx.module_path}: activation range [{qp.qmin}, {qp.qmax}] "
+                              f"with {qp.scale.size} scales is not a per-tensor 8-bit "
+                              "quantization", where=ctx.source,
+                              hint="quantize activations to qint8 or quint8, one scale each")
     wanted = getattr(ctx, "qdq_activations", DEFAULT_QDQ_ACTIVATIONS)
     if wanted not in QDQ_ACTIVATIONS:
         raise ConversionError(f"qdq_activations={wanted!r} is not one of {QDQ_ACTIVATIONS}",
                               where=ctx.source, hint="use uint8 (onnxruntime CPU) or int8")
+    if relu and wanted == "uint8":
+        return np.dtype(np.uint8), -int(qp.zero_point.reshape(-1)[0])
     shift = {("uint8", -128): 128, ("int8", 0): -128}.get((wanted, qp.qmin), 0)
     return np.dtype(wanted), shift
-
-
-def qdq_params(ctx: ExportContext, qp: QParams) -> tuple[gs.Constant, gs.Constant]:
-    dtype, shift = activation_encoding(ctx, qp)
-    scale = ctx.const(qp.scale.reshape(()) if not qp.per_channel else qp.scale,
-                      name=f"{ctx.base_name}.act_scale")
-    zero = ctx.const(np.asarray(qp.zero_point.reshape(()) + shift, dtype=dtype),
-                     name=f"{ctx.base_name}.act_zero_point")
-    return scale, zero
 
 
 def emit_qdq(ctx: ExportContext, value: Any, qp: QParams, outputs: list | None = None,
              *, relu: bool = False) -> Any:
     """QuantizeLinear -> DequantizeLinear of a float tensor (fake quantization). `relu` puts the
-    ReLU after quantization as Clip(q, min=zero point): exact (Q is monotone and Q(0) is the
-    zero point), and it leaves Conv/Gemm -> QuantizeLinear adjacent for onnxruntime to fuse into
+    ReLU after quantization as Clip(q, zero point, qmax): exact (Q is monotone and Q(0) is the
+    zero point; qmax keeps MegEngine's saturation when uint8 zero point 0 holds an int8 ReLU
+    output), and it leaves Conv/Gemm -> QuantizeLinear adjacent for onnxruntime to fuse into
     int8 kernels (its CPU Clip runs on int8/uint8; Max does not)."""
-    scale, zero = qdq_params(ctx, qp)
+    dtype, shift = activation_encoding(ctx, qp, relu=relu)
+    scale = ctx.const(qp.scale.reshape(()), name=f"{ctx.base_name}.act_scale")
+    zero = ctx.const(np.asarray(qp.zero_point.reshape(()) + shift, dtype=dtype),
+                     name=f"{ctx.base_name}.act_zero_point")
     quantized = ctx.op("QuantizeLinear", [value, scale, zero])
     if relu:
-        quantized = ctx.op("Clip", [quantized, zero])
+        top = ctx.const(np.asarray(qp.qmax + shift, dtype=dtype), name=f"{ctx.base_name}.qmax")
+        quantized = ctx.op("Clip", [quantized, zero, top])
     if outputs is None:
         return ctx.op("DequantizeLinear", [quantized, scale, zero])
     return ctx.emit("DequantizeLinear", [quantized, scale, zero], outputs)[0]
