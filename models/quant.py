@@ -5,12 +5,15 @@ made QAT with `quantize_qat`, calibrated on seeded data, traced; `int8_version` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import megengine as mge
 import megengine.functional as F
 import megengine.module as M
 import megengine.traced_module as tm
 import numpy as np
+import onnx
+import onnx.numpy_helper
 from megengine.quantization import QConfig, ema_fakequant_qconfig, quantize, quantize_qat
 
 from .nets import randomize
@@ -151,17 +154,17 @@ BUILDERS: dict[str, Callable[[], M.Module]] = {
 
 
 # ---- QAT and int8 ----------------------------------------------------------------------------
-def calibrated_qat(net: M.Module, shape: tuple[int, ...], *, qconfig: QConfig =
+def calibrated_qat(net: M.Module, *shapes: tuple[int, ...], qconfig: QConfig =
                    ema_fakequant_qconfig, steps: int = 4, seed: int = 0) -> M.Module:
-    """Seeded float weights, `quantize_qat`, a few train-mode passes on seeded data (observers
-    record ranges, BN statistics move), then eval mode."""
+    """Seeded float weights, `quantize_qat`, a few train-mode passes on seeded data (one array
+    per shape; observers record ranges, BN statistics move), then eval mode."""
     mge.config.async_level = 0  # MegEngine's async CPU dispatch was seen computing wrong values
     rng = np.random.default_rng(seed)
     randomize(net, rng)
     qat = quantize_qat(net, qconfig=qconfig)
     qat.train()
     for _ in range(steps):
-        qat(mge.Tensor(rng.normal(0.0, 1.0, shape).astype(np.float32)))
+        qat(*[mge.Tensor(rng.normal(0.0, 1.0, shape).astype(np.float32)) for shape in shapes])
     qat.eval()
     return qat
 
@@ -179,3 +182,37 @@ def int8_version(traced: tm.TracedModule) -> tm.TracedModule:
     int8 = quantize(traced, inplace=False)
     int8.eval()
     return int8
+
+
+# ---- measuring equivalence in quantization steps ------------------------------------------------
+def output_scale(model: onnx.ModelProto, name: str) -> float:
+    """The scale of the DequantizeLinear that makes graph output `name` (through Identity)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    inits = {init.name: init for init in model.graph.initializer}
+    node = producers[name]
+    while node.op_type == "Identity":
+        node = producers[node.input[0]]
+    if node.op_type != "DequantizeLinear":
+        raise ValueError(f"output {name} comes from {node.op_type}, not DequantizeLinear")
+    return float(onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How far apart two quantized outputs are, in units of the output's scale."""
+
+    max_steps: float
+    one_step: float   # fraction of elements exactly one step apart
+    beyond: float     # fraction more than one step apart
+
+    def __str__(self) -> str:
+        return (f"max {self.max_steps:.0f} step(s); {self.one_step:.2%} of elements one step "
+                f"apart, {self.beyond:.2%} more")
+
+
+def steps_apart(reference: np.ndarray, actual: np.ndarray, scale: float) -> Steps:
+    steps = np.abs(np.asarray(actual, np.float64) - reference) / scale
+    near = np.round(steps)
+    if np.abs(steps - near).max(initial=0.0) > 1e-2:
+        raise ValueError(f"outputs are not on a common grid of step {scale}")
+    return Steps(float(near.max(initial=0.0)), float(np.mean(near == 1)), float(np.mean(near > 1)))

@@ -51,7 +51,7 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            qdq_activations: str = "uint8") -> onnx.ModelProto:
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
     `source` names the model in error messages (default: the path, or the type name).
-    `qdq_activations` ("uint8" or "int8") types QAT/int8 models' activations (README#quantization)."""
+    `qdq_activations` ("uint8" or "int8") types QAT/int8 activations (README#quantization)."""
     from . import converters
 
     converters.load_all()

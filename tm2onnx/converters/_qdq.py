@@ -122,8 +122,9 @@ def activation_encoding(ctx: ExportContext, qp: QParams, *, relu: bool = False
                         ) -> tuple[np.dtype, int]:
     """ONNX storage type and zero-point shift for an 8-bit activation, the same real values:
     uint8 = int8 + 128 (zero point 128), as `--qdq-activations` asks. A ReLU output in uint8
-    gets zero point 0 instead (values 0..127): onnxruntime's AVX2 U8S8 kernels add pairs of
-    u8*s8 products in int16, which saturates for inputs near 255 and large weights."""
+    gets zero point 0 instead (values 0..127): onnxruntime's x86 kernels without VNNI add
+    pairs of u8*s8 products in int16, which saturates for inputs near 255 and large weights
+    (its S8S8 path shifts int8 to uint8 first); 0..127 cannot (README#quantization)."""
     if qp.qmax - qp.qmin != 255 or qp.per_channel:
         raise ConversionError(f"{ctx.module_path}: activation range [{qp.qmin}, {qp.qmax}] "
                               f"with {qp.scale.size} scales is not a per-tensor 8-bit "
@@ -132,7 +133,7 @@ def activation_encoding(ctx: ExportContext, qp: QParams, *, relu: bool = False
     wanted = getattr(ctx, "qdq_activations", DEFAULT_QDQ_ACTIVATIONS)
     if wanted not in QDQ_ACTIVATIONS:
         raise ConversionError(f"qdq_activations={wanted!r} is not one of {QDQ_ACTIVATIONS}",
-                              where=ctx.source, hint="use uint8 (onnxruntime CPU) or int8")
+                              where=ctx.source, hint=f"use one of {', '.join(QDQ_ACTIVATIONS)}")
     if relu and wanted == "uint8":
         return np.dtype(np.uint8), -int(qp.zero_point.reshape(-1)[0])
     shift = {("uint8", -128): 128, ("int8", 0): -128}.get((wanted, qp.qmin), 0)
