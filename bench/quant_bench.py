@@ -27,8 +27,8 @@ def build(size: int) -> tuple:
     import megengine as mge
     import megengine.traced_module as tm
 
-    from models.quant import QuantResNet18, calibrated_qat, int8_version
     from models.nets import randomize
+    from models.quant import QuantResNet18, calibrated_qat, int8_version
 
     shape = (1, 3, size, size)
     x = mge.Tensor(np.zeros(shape, np.float32))
@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fp32, _ = run_pipeline(tm2onnx.export(float_traced), ["deploy"])
     sessions = {"fp32": session(fp32),
                 "qdq-uint8": session(tm2onnx.export(qat, qdq_activations="uint8")),
-                "qdq-int8": session(tm2onnx.export(qat, qdq_activations="int8")),
-                "qdq-auto": session(tm2onnx.export(qat, qdq_activations="auto"))}
+                "qdq-int8": session(tm2onnx.export(qat, qdq_activations="int8"))}
     x = np.random.default_rng(0).normal(0.0, 1.0, (1, 3, args.size, args.size)).astype("f4")
     fns = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
            for name, s in sessions.items()}
@@ -105,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = f"resnet18 {args.size}x{args.size}"
     rows = [Row(section, f"{name} latency", f"{seconds * 1e3:.1f} ms")
             for name, seconds in times.items()]
-    for name in ("qdq-uint8", "qdq-int8", "qdq-auto"):
+    for name in ("qdq-uint8", "qdq-int8"):
         ratio = times[name] / times["fp32"]
         rows.append(check(section, f"{name} / fp32", f"{ratio:.2f}x", ratio <= TARGET_RATIO,
                           f"<= {TARGET_RATIO}x"))
