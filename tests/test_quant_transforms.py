@@ -1,0 +1,80 @@
+"""Transforms on QDQ graphs: `deploy` keeps every Q/DQ pair and int8 weight (nothing folded
+across them) and computes the same; `fp16` refuses; `where` shows the scales."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import onnx
+
+from tests.helpers import assert_same_function
+
+
+def _qdq_model(**export_options: Any) -> onnx.ModelProto:
+    """QuantStub -> ConvBn2d -> ConvBnRelu2d -> Concat -> DequantStub, then `* 8 / 128` in float:
+    a BN-folded conv and constants after a DequantizeLinear, what deploy would like to fold."""
+    import megengine as mge
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    import tm2onnx
+    from models.quant import QuantConvBnConcat, calibrated_qat
+
+    class Scaled(M.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = QuantConvBnConcat()
+
+        def forward(self, x):
+            return self.body(x) * 8 / 128
+
+    shape = (2, 3, 8, 8)
+    traced = tm.trace_module(calibrated_qat(Scaled(), shape),
+                             mge.Tensor(np.zeros(shape, np.float32)))
+    traced.eval()
+    return tm2onnx.export(traced, **export_options)
+
+
+def _qdq_counts(model: onnx.ModelProto) -> Counter:
+    counts = Counter(n.op_type for n in model.graph.node
+                     if n.op_type in ("QuantizeLinear", "DequantizeLinear", "Conv"))
+    int8 = {i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    counts["DequantizeLinear of int8 weights"] = sum(
+        n.op_type == "DequantizeLinear" and n.input[0] in int8 for n in model.graph.node)
+    return counts
+
+
+def test_deploy_keeps_qdq(megengine):
+    from tm2onnx.transforms import run_pipeline
+
+    model = _qdq_model()
+    lean, reports = run_pipeline(model, ["deploy"])
+    assert _qdq_counts(lean) == _qdq_counts(model)
+    assert {"Mul", "Div"} <= {n.op_type for n in lean.graph.node}  # not absorbed into a Conv
+    absorb = next(r for r in reports if r.name == "absorb-const")
+    assert not absorb.rewritten
+    assert_same_function(model, lean, rtol=0, atol=0)
+
+
+def test_fp16_refuses_qdq(megengine):
+    from tm2onnx.transforms import run_pipeline
+
+    model = _qdq_model()
+    half, reports = run_pipeline(model, ["fp16"])
+    assert "quantized (QDQ) graph" in str(reports[0])
+    assert half.SerializeToString() == model.SerializeToString()
+
+
+def test_where_shows_scales(megengine):
+    from tm2onnx.transforms import producers
+
+    model = _qdq_model(qdq_activations="int8")
+    infos = producers(model, op_type="Concat")
+    assert [info.producer_op for info in infos] == ["DequantizeLinear"] * 2
+    scales = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    for info in infos:
+        expected = scales[f"{info.module}.act_scale"]
+        assert f"scale={float(expected):.6g}" in info.quant and "(int8)" in info.quant
+        assert info.quant in str(info)
