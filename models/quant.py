@@ -13,7 +13,6 @@ import megengine.module as M
 import megengine.traced_module as tm
 import numpy as np
 import onnx
-import onnx.numpy_helper
 from megengine.quantization import QConfig, ema_fakequant_qconfig, quantize, quantize_qat
 
 from .nets import randomize
@@ -187,14 +186,12 @@ def int8_version(traced: tm.TracedModule) -> tm.TracedModule:
 # ---- measuring equivalence in quantization steps ------------------------------------------------
 def output_scale(model: onnx.ModelProto, name: str) -> float:
     """The scale of the DequantizeLinear that makes graph output `name` (through Identity)."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    inits = {init.name: init for init in model.graph.initializer}
-    node = producers[name]
-    while node.op_type == "Identity":
-        node = producers[node.input[0]]
-    if node.op_type != "DequantizeLinear":
-        raise ValueError(f"output {name} comes from {node.op_type}, not DequantizeLinear")
-    return float(onnx.numpy_helper.to_array(inits[node.input[1]]).reshape(-1)[0])
+    from tm2onnx.converters._qdq import output_steps
+
+    steps = output_steps(model)
+    if name not in steps:
+        raise ValueError(f"output {name} is not made by a DequantizeLinear")
+    return steps[name]
 
 
 @dataclass(frozen=True)

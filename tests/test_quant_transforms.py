@@ -78,3 +78,28 @@ def test_where_shows_scales(megengine):
         expected = scales[f"{info.module}.act_scale"]
         assert f"scale={float(expected):.6g}" in info.quant and "(int8)" in info.quant
         assert info.quant in str(info)
+
+
+def test_cli_export_validates_to_one_step(megengine, tmp_path, capsys):
+    """quantize_qat -> calibrate -> trace -> pickle -> `tm2onnx export --validate`: passes at
+    one quantization step, with the asked activation type."""
+    import pickle
+
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    from models.quant import QuantConvBnConcat, calibrated_qat
+    from tm2onnx.cli import main
+
+    shape = (1, 3, 8, 8)
+    traced = tm.trace_module(calibrated_qat(QuantConvBnConcat(), (2, 3, 8, 8)),
+                             mge.Tensor(np.zeros(shape, np.float32)))
+    traced.eval()
+    path, out = tmp_path / "qat.tm", tmp_path / "qat.onnx"
+    path.write_bytes(pickle.dumps(traced))
+    assert main(["export", str(path), "-o", str(out), "--validate", "--passes", "deploy",
+                 "--qdq-activations", "int8"]) == 0
+    captured = capsys.readouterr()
+    assert "tolerance one step" in captured.err and "PASS" in captured.out
+    zeros = [i for i in onnx.load(out).graph.initializer if i.name.endswith("act_zero_point")]
+    assert zeros and all(z.data_type == onnx.TensorProto.INT8 for z in zeros)

@@ -12,6 +12,7 @@ import onnx
 from ._quiet import silence_megengine_banner
 from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
 from .errors import LoadError, Tm2OnnxError, ValidationError
+from .exporter import QDQ_ACTIVATIONS
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 DEFAULT_TOLERANCE = (1e-4, 1e-4)  # (rtol, atol): fp32 through 50 layers summed in another order
@@ -87,6 +88,18 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _quantized_tolerance(model: onnx.ModelProto, args: argparse.Namespace,
+                         progress: Progress) -> dict[str, Any]:
+    """A quantized model is checked to one quantization step of its outputs unless --atol."""
+    from .converters._qdq import output_steps
+
+    tolerances = _tolerances(args, _expanded_passes(args))
+    if args.atol is None and (steps := output_steps(model)):
+        tolerances["atol"] = max(steps.values()) * (1 + 1e-3)
+        progress.step(f"quantized outputs: tolerance one step, atol {tolerances['atol']:.4g}")
+    return tolerances
+
+
 def _tolerances(args: argparse.Namespace, passes: list[str] | tuple[str, ...] = ()
                 ) -> dict[str, Any]:
     """Explicit --rtol/--atol win; otherwise the loosest tolerance any of `passes` needs."""
@@ -153,6 +166,9 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-names", metavar="Y", help="names for the graph outputs")
     parser.add_argument("--validate", action="store_true",
                         help="compare onnxruntime with MegEngine (and check every transform)")
+    parser.add_argument("--qdq-activations", choices=QDQ_ACTIVATIONS, default="uint8",
+                        help="QAT/int8 models: activation type of the Q/DQ pairs (uint8: "
+                             "onnxruntime CPU; int8: TensorRT)")
     _pass_options(parser)
     _validation_options(parser)
 
@@ -174,7 +190,7 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
                    input_names=csv(args.input_names), output_names=csv(args.output_names),
-                   source=args.model)
+                   source=args.model, qdq_activations=args.qdq_activations)
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]
@@ -186,7 +202,7 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
         progress.step("validating with onnxruntime against MegEngine")
         report = against_megengine(model, traced, subject=str(target),
                                    reference=f"MegEngine ({source})",
-                                   **_tolerances(args, _expanded_passes(args)))
+                                   **_quantized_tolerance(model, args, progress))
         print(report)
         status = EXIT_OK if report else EXIT_MISMATCH
     if status != EXIT_OK:

@@ -23,6 +23,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 ONNXRUNTIME_IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.23 accepts at most 11
 BATCH_DIM = "batch"
+QDQ_ACTIVATIONS = ("uint8", "int8")  # storage of quantized activations (README#quantization)
 SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference must read
 
 
@@ -97,8 +98,6 @@ def _check_opset(opset: int, source: str) -> None:
 
 
 def _check_qdq_activations(value: str, source: str) -> str:
-    from .converters._qdq import QDQ_ACTIVATIONS
-
     if value not in QDQ_ACTIVATIONS:
         raise Tm2OnnxError(f"qdq_activations={value!r} is not supported", where=source,
                            hint=f"choose one of {', '.join(QDQ_ACTIVATIONS)}")

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 
 from ..context import ExportContext
 from ..errors import ConversionError
+from ..exporter import QDQ_ACTIVATIONS
 
-QDQ_ACTIVATIONS = ("uint8", "int8")
 DEFAULT_QDQ_ACTIVATIONS = "uint8"  # onnxruntime CPU's int8 kernels are fastest as U8S8
 MIN_QDQ_OPSET = 13  # per-channel (axis) DequantizeLinear
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
@@ -230,6 +232,22 @@ def dq_bias(ctx: ExportContext, name: str, bias: np.ndarray | None, weight_qp: Q
     scale = (np.float32(input_scale.values.reshape(-1)[0]) * weight_qp.scale).astype(np.float32)
     qp = QParams(scale, np.zeros(scale.shape, np.int64), *INT32)
     return dq_weight(ctx, name, qp.quantize(bias.reshape(-1)), qp)
+
+
+def output_steps(model: onnx.ModelProto) -> dict[str, float]:
+    """One quantization step (the DequantizeLinear scale) of each graph output made by one,
+    through Identity: the tolerance `export --validate` uses for quantized models."""
+    made = {out: node for node in model.graph.node for out in node.output}
+    inits = {init.name: init for init in model.graph.initializer}
+    steps = {}
+    for output in model.graph.output:
+        node = made.get(output.name)
+        while node is not None and node.op_type == "Identity":
+            node = made.get(node.input[0])
+        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
+            scale = onnx.numpy_helper.to_array(inits[node.input[1]])
+            steps[output.name] = float(np.max(scale))
+    return steps
 
 
 def _numpy(value: Any) -> np.ndarray:
