@@ -285,3 +285,16 @@ def test_exact_classes_win_over_float_converters(megengine):
     for cls in (QAT.Conv2d, QAT.ConvRelu2d, QAT.ConvBn2d, QAT.Linear, QAT.LinearRelu,
                 QAT.Elemwise, QAT.Concat, Q.Conv2d, Q.Linear, Q.Elemwise, Q.QuantStub):
         assert MODULE_CONVERTERS[cls].__module__ == quant.__name__, cls
+
+
+def test_unconverted_quantized_classes_are_refused(megengine):
+    """qat.ConvTranspose2d subclasses M.ConvTranspose2d: refused by name, not run as float."""
+    import megengine.module as M
+
+    import tm2onnx
+    from tm2onnx.errors import ConversionError
+
+    shapes = [(2, 3, 8, 8)]
+    traced = traced_qat(lambda: M.ConvTranspose2d(3, 4, 3), shapes)
+    with pytest.raises(ConversionError, match="inner: .*qat.*ConvTranspose2d has no QDQ"):
+        tm2onnx.export(traced)

@@ -193,3 +193,26 @@ def _input(ctx: ExportContext, node: Any, module: Any) -> tuple[Any, Any]:
                               where=ctx.source, hint="put a QuantStub before the first "
                                                      "quantized module")
     return value, scale
+
+
+def _refuse(ctx: ExportContext, expr: Any, module: Any) -> None:
+    raise ConversionError(f"{ctx.module_path}: {type(module).__module__}."
+                          f"{type(module).__name__} has no QDQ converter yet", where=ctx.source,
+                          hint="export the float model, or add a converter in converters/quant.py")
+
+
+def _register_refusals() -> None:
+    """Every other QAT/int8 class (ConvTranspose*, LinearBn*, BatchMatMulActivation) subclasses
+    a float module; the MRO lookup would convert it as float, dropping its quantization."""
+    import inspect
+
+    from . import MODULE_CONVERTERS
+
+    for namespace, base in ((QAT, QAT.QATModule), (Q, Q.QuantizedModule)):
+        for cls in vars(namespace).values():
+            if (inspect.isclass(cls) and issubclass(cls, base) and cls is not base
+                    and cls not in MODULE_CONVERTERS):
+                module_converter(cls)(_refuse)
+
+
+_register_refusals()
