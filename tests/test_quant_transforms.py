@@ -83,6 +83,7 @@ def test_where_shows_scales(megengine):
 def test_cli_export_validates_to_one_step(megengine, tmp_path, capsys):
     """quantize_qat -> calibrate -> trace -> pickle -> `tm2onnx export --validate`: passes at
     one quantization step, with the asked activation type."""
+    import json
     import pickle
 
     import megengine as mge
@@ -97,9 +98,17 @@ def test_cli_export_validates_to_one_step(megengine, tmp_path, capsys):
     traced.eval()
     path, out = tmp_path / "qat.tm", tmp_path / "qat.onnx"
     path.write_bytes(pickle.dumps(traced))
+    params = tmp_path / "quant_params.json"
     assert main(["export", str(path), "-o", str(out), "--validate", "--passes", "deploy",
-                 "--qdq-activations", "int8"]) == 0
+                 "--qdq-activations", "int8", "--quant-params-json", str(params)]) == 0
     captured = capsys.readouterr()
     assert "tolerance one step" in captured.err and "PASS" in captured.out
     zeros = [i for i in onnx.load(out).graph.initializer if i.name.endswith("act_zero_point")]
     assert zeros and all(z.data_type == onnx.TensorProto.INT8 for z in zeros)
+    # mgeconvert's quantize_file_path layout: strings, keyed by MegEngine tensor names
+    written = json.loads(params.read_text())
+    scale = float(traced.conv_bn.get_activation_qparams().scale.numpy())
+    assert written["conv_bn_out"] == {"dtype": "int8", "qmin": "-128", "qmax": "127",
+                                      "scale": str(scale), "zero_point": "None",
+                                      "is_weight": False}
+    assert written["conv_bn.weight"]["is_weight"] is True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdq-activations", choices=QDQ_ACTIVATIONS, default="uint8",
                         help="QAT/int8 models: activation type of the Q/DQ pairs (uint8: "
                              "onnxruntime CPU; int8: TensorRT)")
+    parser.add_argument("--quant-params-json", metavar="FILE",
+                        help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)
     _validation_options(parser)
 
@@ -208,10 +211,28 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
+    params = _quant_params(model, args.quant_params_json)
     save_model(model, target)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
           f"opset {args.opset}")
+    if params:
+        path = out_path(args.quant_params_json)
+        path.write_text(json.dumps(params, indent=4))
+        print(f"wrote {path}: {len(params)} quantized tensors")
     return EXIT_OK
+
+
+def _quant_params(model: onnx.ModelProto, path: str | None) -> dict[str, Any]:
+    """The --quant-params-json content, checked before anything is written."""
+    if not path:
+        return {}
+    from .converters._qdq import quant_params
+
+    params = quant_params(model)
+    if not params:
+        raise Tm2OnnxError("--quant-params-json: the model has no DequantizeLinear",
+                           where=path, hint="export a QAT or int8 (quantized) model")
+    return params
 
 
 def _param_count(model: onnx.ModelProto) -> int:

@@ -250,5 +250,30 @@ def output_steps(model: onnx.ModelProto) -> dict[str, float]:
     return steps
 
 
+def quant_params(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
+    """Tensor name -> scale etc. in the layout of mgeconvert's `quantize_file_path` JSON (all
+    values strings but is_weight), for pipelines that re-apply scales to a float model. Keys:
+    each DequantizeLinear's output for activations (MegEngine node names, `conv_bn_out`), the
+    weight/bias name (`conv_bn.weight`) for parameters; values as stored in the ONNX model."""
+    inits = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    params = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[1] not in inits:
+            continue
+        scale = inits[node.input[1]].reshape(-1)
+        zero = inits.get(node.input[2]) if len(node.input) > 2 else None
+        dtype = np.dtype(zero.dtype) if zero is not None else np.dtype(np.int8)
+        is_weight = node.input[0] in inits
+        name = node.input[0].removesuffix("_quantized") if is_weight else node.output[0]
+        info = np.iinfo(dtype)
+        params[name] = {"dtype": str(dtype), "qmin": str(info.min), "qmax": str(info.max),
+                        "scale": str(float(scale[0]) if scale.size == 1 else scale.tolist()),
+                        "zero_point": "None" if zero is None or not np.any(zero)
+                        else str(zero.reshape(-1).tolist()[0] if zero.size == 1
+                                 else zero.reshape(-1).tolist()),
+                        "is_weight": is_weight}
+    return params
+
+
 def _numpy(value: Any) -> np.ndarray:
     return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
