@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ._quiet import silence_megengine_banner
 from .bench_cli import bench_arguments, bench_command
 from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
 from .errors import LoadError, OutputMismatch, RunError, Tm2OnnxError
+from .exporter import QDQ_ACTIVATIONS
 from .validate_cli import validate_arguments, validate_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -92,6 +94,18 @@ def _pipeline_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _quantized_tolerance(model: onnx.ModelProto, args: argparse.Namespace,
+                         progress: Progress) -> dict[str, Any]:
+    """A quantized model is checked to one quantization step of its outputs unless --atol."""
+    from .converters._qdq import output_steps
+
+    tolerances = _tolerances(args, _expanded_passes(args))
+    if args.atol is None and (steps := output_steps(model)):
+        tolerances["atol"] = max(steps.values()) * (1 + 1e-3)
+        progress.step(f"quantized outputs: tolerance one step, atol {tolerances['atol']:.4g}")
+    return tolerances
+
+
 def _tolerances(args: argparse.Namespace, passes: list[str] | tuple[str, ...] = ()
                 ) -> dict[str, Any]:
     """Explicit --rtol/--atol win (--atol is absolute); otherwise the loosest tolerance any of
@@ -165,6 +179,11 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-names", metavar="Y", help="names for the graph outputs")
     parser.add_argument("--validate", action="store_true",
                         help="compare onnxruntime with MegEngine (and check every transform)")
+    parser.add_argument("--qdq-activations", choices=QDQ_ACTIVATIONS, default="uint8",
+                        help="QAT/int8 models: activation type of the Q/DQ pairs (uint8: "
+                             "onnxruntime CPU; int8: TensorRT)")
+    parser.add_argument("--quant-params-json", metavar="FILE",
+                        help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)
     _validation_options(parser)
 
@@ -186,7 +205,7 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
                    input_names=csv(args.input_names), output_names=csv(args.output_names),
-                   source=args.model)
+                   source=args.model, qdq_activations=args.qdq_activations)
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]
@@ -198,16 +217,34 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
         progress.step("validating with onnxruntime against MegEngine")
         report = against_megengine(model, traced, subject=str(target),
                                    reference=f"MegEngine ({source})",
-                                   **_tolerances(args, _expanded_passes(args)))
+                                   **_quantized_tolerance(model, args, progress))
         print(report)
         status = EXIT_OK if report else EXIT_MISMATCH
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
+    params = _quant_params(model, args.quant_params_json)
     save_model(model, target)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
           f"opset {args.opset}")
+    if params:
+        path = out_path(args.quant_params_json)
+        path.write_text(json.dumps(params, indent=4))
+        print(f"wrote {path}: {len(params)} quantized tensors")
     return EXIT_OK
+
+
+def _quant_params(model: onnx.ModelProto, path: str | None) -> dict[str, Any]:
+    """The --quant-params-json content, checked before anything is written."""
+    if not path:
+        return {}
+    from .converters._qdq import quant_params
+
+    params = quant_params(model)
+    if not params:
+        raise Tm2OnnxError("--quant-params-json: the model has no DequantizeLinear",
+                           where=path, hint="export a QAT or int8 (quantized) model")
+    return params
 
 
 def _param_count(model: onnx.ModelProto) -> int:

@@ -24,6 +24,7 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 ONNXRUNTIME_IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.23 accepts at most 11
 BATCH_DIM = "batch"
+QDQ_ACTIVATIONS = ("uint8", "int8")  # storage of quantized activations (README#quantization)
 SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference must read
 
 
@@ -48,10 +49,11 @@ def load_traced(path: str | os.PathLike) -> Any:
 
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
-           output_names: Sequence[str] | None = None, source: str | None = None
-           ) -> onnx.ModelProto:
+           output_names: Sequence[str] | None = None, source: str | None = None,
+           qdq_activations: str = "uint8") -> onnx.ModelProto:
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
-    `source` names the model in error messages (default: the path, or the type name)."""
+    `source` names the model in error messages (default: the path, or the type name).
+    `qdq_activations` ("uint8" or "int8") types QAT/int8 activations (README#quantization)."""
     from . import converters
 
     converters.load_all()
@@ -66,6 +68,7 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
                       "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
                       "at batch > 1 to be sure", stacklevel=2)
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
+    ctx.qdq_activations = _check_qdq_activations(qdq_activations, source)
     graph_inputs = _bind_inputs(ctx, traced, input_names)
     _convert_exprs(ctx, traced)
     graph_outputs = _bind_outputs(ctx, traced, output_names, graph_inputs)
@@ -93,6 +96,13 @@ def _check_opset(opset: int, source: str) -> None:
     if not MIN_OPSET <= opset <= newest:
         raise Tm2OnnxError(f"opset {opset} is not supported", where=source,
                            hint=f"choose {MIN_OPSET}..{newest}")
+
+
+def _check_qdq_activations(value: str, source: str) -> str:
+    if value not in QDQ_ACTIVATIONS:
+        raise Tm2OnnxError(f"qdq_activations={value!r} is not supported", where=source,
+                           hint=f"choose one of {', '.join(QDQ_ACTIVATIONS)}")
+    return value
 
 
 def _as_traced(model: Any, example_inputs: Sequence[Any], source: str) -> Any:

@@ -29,12 +29,13 @@ class ProducerInfo:
     qualname: str | None = None
     orig_name: str | None = None  # what older MegEngine called `_orig_name`: `conv_bn.1_out`
     expr: str | None = None
+    quant: str | None = None  # a Q/DQ producer's scale and zero point
 
     def __str__(self) -> str:
         source = f"{self.producer} ({self.producer_op})" if self.producer else self.producer_op
         origin = ", ".join(f"{key}={value}" for key, value in (
             ("module", self.module), ("fused", self.fused), ("orig_name", self.orig_name),
-            ("qualname", self.qualname), ("expr", self.expr)) if value)
+            ("qualname", self.qualname), ("expr", self.expr), ("quant", self.quant)) if value)
         text = f"{self.consumer} input {self.input_index} {self.tensor!r} ← {source}"
         return f"{text} [{origin}]" if origin else text
 
@@ -55,7 +56,21 @@ def _info(graph: gs.Graph, node: gs.Node, index: int, tensor: gs.Tensor) -> Prod
     return ProducerInfo(node.name, node.op, index, tensor.name,
                         source.name if source is not None else None, kind,
                         meta.get("module"), meta.get("fused"), meta.get("qualname"),
-                        meta.get("orig_name"), meta.get("expr"))
+                        meta.get("orig_name"), meta.get("expr"), _quant(source))
+
+
+def _quant(node: gs.Node | None) -> str | None:
+    """`scale=0.0213 zero_point=128 (uint8)` for a QuantizeLinear/DequantizeLinear producer."""
+    if node is None or node.op not in ("QuantizeLinear", "DequantizeLinear"):
+        return None
+    values = [t.values if isinstance(t, gs.Constant) else None for t in node.inputs[1:3]]
+    if values[0] is None:
+        return None
+    scale = " ".join(f"{v:.6g}" for v in values[0].reshape(-1)[:4])
+    text = f"scale={scale}{' ...' if values[0].size > 4 else ''}"
+    if len(values) > 1 and values[1] is not None:
+        text += f" zero_point={values[1].reshape(-1)[0]} ({values[1].dtype})"
+    return text
 
 
 def producers(model_or_graph: onnx.ModelProto | gs.Graph, op_type: str = "Concat"

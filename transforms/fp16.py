@@ -179,7 +179,7 @@ def fp16(graph: gs.Graph, *, block: tuple[str, ...] | str = DEFAULT_BLOCK
          ) -> TransformReport:
     """Run float32 ops in fp16 except `block` ones (Softmax, norms, reductions, Exp/Log/Pow,
     Resize...), Casting at graph I/O and around kept ops; keeps fp32 a node reading a constant
-    beyond fp16 range or of unknown type or op; refuses graphs with If/Loop/Scan."""
+    beyond fp16 range or of unknown type or op; refuses graphs with If/Loop/Scan or Q/DQ."""
     report = TransformReport("fp16", verb="converted")
     block = tuple(block.split(",")) if isinstance(block, str) else tuple(block)
     if unknown := [op for op in block if not onnx.defs.has(op)]:
@@ -187,6 +187,10 @@ def fp16(graph: gs.Graph, *, block: tuple[str, ...] | str = DEFAULT_BLOCK
                              hint="ONNX op types are case-sensitive, e.g. Softmax")
     if loops := [n for n in graph.nodes if any(isinstance(v, gs.Graph) for v in n.attrs.values())]:
         report.skip(loops[0], "control-flow subgraphs (If/Loop/Scan) are not converted")
+        return report
+    if qdq := [n for n in graph.nodes if n.op in ("QuantizeLinear", "DequantizeLinear")]:
+        # fp16 around Q/DQ would change the quantized values and stop int8 kernel fusion.
+        report.skip(qdq[0], "a quantized (QDQ) graph is deployed as int8, not fp16")
         return report
     half = _plan(graph, frozenset(block), report)
     if not half:

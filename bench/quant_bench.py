@@ -1,0 +1,122 @@
+"""int8 QDQ ResNet-18 against the fp32 export of the same float net on onnxruntime CPU
+(ORT_ENABLE_ALL, 2 threads), timed interleaved; top-1 agreement with MegEngine's QAT forward
+and int8 model over 64 seeded inputs; MegEngine's own int8 CPU time for the record.
+
+    .venv/bin/python bench/quant_bench.py [--size 224] [--runs 20] [--agree 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_RATIO = 0.45
+TARGET_TOP1 = 0.99
+
+
+def build(size: int) -> tuple:
+    """(float traced, QAT traced, int8 traced) of the quantization-style ResNet-18."""
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    from models.nets import randomize
+    from models.quant import QuantResNet18, calibrated_qat, int8_version
+
+    shape = (1, 3, size, size)
+    x = mge.Tensor(np.zeros(shape, np.float32))
+    float_net = randomize(QuantResNet18(), np.random.default_rng(0))
+    float_traced = tm.trace_module(float_net, x)
+    qat = calibrated_qat(QuantResNet18(), (2, 3, size, size), steps=3)
+    qat_traced = tm.trace_module(qat, x)
+    qat_traced.eval()
+    return float_traced, qat_traced, int8_version(qat_traced)
+
+
+def session(model, threads: int = 2):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds per call, the candidates taking turns so machine noise hits all alike."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def top1(sessions: dict, references: dict[str, Callable], size: int, count: int
+         ) -> dict[str, float]:
+    """Top-1 agreement of each (session, reference) pair over `count` seeded inputs."""
+    rng = np.random.default_rng(123)
+    hits = {f"{s} vs {r}": 0 for s in sessions for r in references}
+    for _ in range(count):
+        x = rng.normal(0.0, 1.0, (1, 3, size, size)).astype(np.float32)
+        wanted = {r: int(np.argmax(fn(x))) for r, fn in references.items()}
+        for s, sess in sessions.items():
+            got = int(np.argmax(sess.run(None, {sess.get_inputs()[0].name: x})[0]))
+            for r in references:
+                hits[f"{s} vs {r}"] += got == wanted[r]
+    return {key: value / count for key, value in hits.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--agree", type=int, default=64, help="inputs for top-1 agreement")
+    args = parser.parse_args(argv)
+
+    import megengine as mge
+
+    import tm2onnx
+    from bench.common import Row, check, print_table
+    from tm2onnx.transforms import run_pipeline
+
+    float_traced, qat, int8 = build(args.size)
+    fp32, _ = run_pipeline(tm2onnx.export(float_traced), ["deploy"])
+    sessions = {"fp32": session(fp32),
+                "qdq-uint8": session(tm2onnx.export(qat, qdq_activations="uint8")),
+                "qdq-int8": session(tm2onnx.export(qat, qdq_activations="int8"))}
+    x = np.random.default_rng(0).normal(0.0, 1.0, (1, 3, args.size, args.size)).astype("f4")
+    fns = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
+           for name, s in sessions.items()}
+    fns["megengine-int8"] = lambda: int8(mge.Tensor(x)).numpy()
+    times = interleaved(fns, args.runs)
+    section = f"resnet18 {args.size}x{args.size}"
+    rows = [Row(section, f"{name} latency", f"{seconds * 1e3:.1f} ms")
+            for name, seconds in times.items()]
+    for name in ("qdq-uint8", "qdq-int8"):
+        ratio = times[name] / times["fp32"]
+        rows.append(check(section, f"{name} / fp32", f"{ratio:.2f}x", ratio <= TARGET_RATIO,
+                          f"<= {TARGET_RATIO}x"))
+    references = {"megengine-qat": lambda a: qat(mge.Tensor(a)).numpy(),
+                  "megengine-int8": lambda a: int8(mge.Tensor(a)).numpy()}
+    quantized = {k: v for k, v in sessions.items() if k != "fp32"}
+    for key, value in top1(quantized, references, args.size, args.agree).items():
+        rows.append(check(section, f"top-1 {key} (n={args.agree})", f"{value:.1%}",
+                          value >= TARGET_TOP1, f">= {TARGET_TOP1:.0%}"))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
