@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import megengine.functional as F
-import megengine.module as M
 import megengine.module.qat as QAT
 import megengine.module.quantized as Q
 import numpy as np
@@ -95,7 +94,7 @@ def quant_stub(ctx: ExportContext, expr: Any, module: Any) -> None:
     emit_qdq(ctx, ctx.value_of(expr.inputs[1]), act_qparams(ctx, module), expr.outputs)
 
 
-@module_converter(QAT.DequantStub, Q.DequantStub, M.QuantStub, M.DequantStub)
+@module_converter(QAT.DequantStub, Q.DequantStub)
 def dequant_stub(ctx: ExportContext, expr: Any, module: Any) -> None:
     ctx.emit("Identity", [ctx.value_of(expr.inputs[1])], expr.outputs)
 
