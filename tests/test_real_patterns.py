@@ -341,3 +341,25 @@ def test_concat_module_of_0d(megengine):
     model = tm2onnx.export(traced)
     assert "Concat" in ops(model)
     _assert_close(_reference(traced, [x]), _run(model, [x]))
+
+
+def test_guard_compares_dims_and_dtypes_and_skips_what_onnx_leaves_open():
+    from types import SimpleNamespace
+
+    from megengine.core.tensor.dtype import qint8
+
+    from tests.helpers import parse_model
+    from tm2onnx.errors import ConversionError
+    from tm2onnx.guards import check_traced_shapes, inferred_types
+
+    model = parse_model("""<ir_version: 10, opset_import: ["" : 17]>
+        g (float[N, 3] x) => (float[N, 3] y) { y = Relu(x) }""")
+    types = inferred_types(model)
+    y = SimpleNamespace(name="y")
+    check_traced_shapes(model, types, [(y, (2, 3), np.float32)], "m")  # N is symbolic: skipped
+    check_traced_shapes(model, types, [(y, (2, 3), qint8(0.1))], "m")  # quantized: no dtype
+    for shape, dtype, message in [((2, 4), np.float32, r"infers shape \['\?', 3\]"),
+                                  ((2, 3), np.int32, "infers FLOAT, MegEngine traced int32"),
+                                  ((2, 3, 1), np.float32, "infers shape")]:
+        with pytest.raises(ConversionError, match=message):
+            check_traced_shapes(model, types, [(y, shape, dtype)], "m")

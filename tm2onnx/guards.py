@@ -71,11 +71,13 @@ def _disagreement(tensor_type: Any, shape: tuple, dtype: Any) -> str:
 
 
 def _elem_type(dtype: Any) -> int | None:
-    if dtype is None:
+    """None where the ONNX type may rightly differ: a quantized MegEngine dtype (int8 with a
+    scale) can be carried as its dequantized float by a QDQ export."""
+    if dtype is None or (getattr(dtype, "metadata", None) or {}).get("mgb_dtype"):
         return None
     try:
         return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    except (TypeError, KeyError, ValueError):  # quantized and other MegEngine-only dtypes
+    except (TypeError, KeyError, ValueError):  # other MegEngine-only dtypes
         return None
 
 
