@@ -242,8 +242,8 @@ def test_quantized_modules_never_export_as_float(megengine, factory):
     traced, _ = _traced(factory)
     try:
         model = tm2onnx.export(traced)
-    except Tm2OnnxError as err:
-        assert "ConvTranspose2d" in str(err)
+    except Tm2OnnxError as err:  # uncalibrated (no scale) or no QDQ converter: named refusal
+        assert "inner" in str(err)
     else:
         assert "DequantizeLinear" in ops(model)
 
