@@ -24,7 +24,7 @@ DTYPE_RANGES = {"QuantizedS8": (-128, 127), "Quantized8Asymm": (0, 255), "Quanti
 # re-quantizing their output with the input's parameters is exact.
 ON_GRID = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Transpose", "Squeeze",
                      "Unsqueeze", "Identity", "DepthToSpace", "SpaceToDepth", "Expand", "Tile",
-                     "Slice", "Gather", "Clip"})
+                     "Slice", "Gather"})  # not Clip: a float Clip(0, 6) bound may be off-grid
 # Ops MegEngine's int8 kernels run on quantized input, rounding the result back to its scale.
 ROUNDED = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean"})
 # An average of n integers is a multiple of 1/n: above float error (~1e-5 for |y| <= 128) and
