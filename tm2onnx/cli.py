@@ -36,15 +36,24 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _warn_one_line  # a user needs the message, not our source line
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return EXIT_ERROR
-    try:
+    command = "tm2onnx"
+    try:  # Ctrl-C during start-up (imports take seconds) exits as cleanly as during work
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return EXIT_ERROR
+        command = f"tm2onnx {args.command}"
+        from .options import check_args
+
+        check_args(args)
         return args.handler(args, Progress(args.quiet))
     except Tm2OnnxError as err:
-        print(f"tm2onnx {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # anything the fileio layer did not word itself
+        print(f"{command}: error: {err.filename or ''}{': ' if err.filename else ''}"
+              f"{err.strerror or err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("tm2onnx: interrupted", file=sys.stderr)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import onnx
 
 from ._quiet import silence_megengine_banner
-from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
-from .errors import LoadError, Tm2OnnxError, ValidationError
+from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, parse_key_values
+from .errors import Tm2OnnxError, ValidationError
+from .options import add_load_options, add_write_options, load_tm, output_target, write_model
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
 DEFAULT_TOLERANCE = (1e-4, 1e-4)  # (rtol, atol): fp32 through 50 layers summed in another order
@@ -105,12 +105,17 @@ def _expanded_passes(args: argparse.Namespace) -> list[str]:
 
 
 def load_onnx(path: str) -> onnx.ModelProto:
-    if not Path(path).is_file():
-        raise LoadError("no such file", where=path, hint="pass the path of an .onnx model")
-    try:
-        return onnx.load(path)
-    except Exception as err:
-        raise LoadError(f"not a readable ONNX model: {err}", where=path) from err
+    """The model (external data read in), refused up front when it fails onnx.checker."""
+    return load_checked_onnx(path)[0]
+
+
+def load_checked_onnx(path: str) -> tuple[onnx.ModelProto, bool]:
+    from .checking import check_model
+    from .fileio import load_onnx as read_onnx
+
+    model, external = read_onnx(path)
+    check_model(model, where=path)
+    return model, external
 
 
 def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progress,
@@ -155,21 +160,23 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare onnxruntime with MegEngine (and check every transform)")
     _pass_options(parser)
     _validation_options(parser)
+    add_load_options(parser)
+    add_write_options(parser)
 
 
 @command("export", "export a TracedModule (.tm) to ONNX, optionally transform and validate",
          _export_arguments)
 def export_command(args: argparse.Namespace, progress: Progress) -> int:
-    from .exporter import export, load_traced, save_model
+    from .exporter import export
 
-    target = out_path(args.output)
+    target = output_target(args, [args.model])
     if args.validate and NOT_COMPARABLE.intersection(_expanded_passes(args)):
         raise Tm2OnnxError("--validate cannot compare a wrapped model with MegEngine",
                            hint="export with --validate first, then run 'tm2onnx optimize "
                                 "--passes wrap'")
     progress.step(f"loading {args.model}")
     silence_megengine_banner()
-    traced = load_traced(args.model)
+    traced = load_tm(args.model, args)
     exprs = sum(1 for _ in traced.graph.exprs(recursive=True))
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
@@ -192,7 +199,7 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
-    save_model(model, target)
+    write_model(model, args)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
           f"opset {args.opset}")
     return EXIT_OK
@@ -216,17 +223,16 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run onnxruntime before and after every transform; fail on drift")
     _pass_options(parser)
     _validation_options(parser)
+    add_write_options(parser)
 
 
 @command("optimize", "apply graph transforms to any ONNX model", _optimize_arguments)
 def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
-    from .exporter import save_model
-
-    target = out_path(args.output)
+    target = output_target(args, [args.model])
     if not csv(args.passes):
         raise Tm2OnnxError("no --passes given", hint="e.g. --passes deploy "
                            "(list them with 'tm2onnx transforms')")
-    original = load_onnx(args.model)
+    original, external = load_checked_onnx(args.model)
     model = run_passes(original, args, progress, args.validate)
     if args.validate:
         from .validate import against_onnx
@@ -237,7 +243,7 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
             print(report)
             if not report:
                 return EXIT_MISMATCH
-    save_model(model, target)
+    write_model(model, args, input_external=external)
     print(f"wrote {target}: {len(original.graph.node)} -> {len(model.graph.node)} nodes")
     return EXIT_OK
 
@@ -250,6 +256,7 @@ def _validate_arguments(parser: argparse.ArgumentParser) -> None:
                            help="MegEngine reference (a pickled TracedModule)")
     reference.add_argument("--against", metavar="REF.onnx", help="another ONNX model as reference")
     _validation_options(parser)
+    add_load_options(parser)
 
 
 @command("validate", "compare an ONNX model with MegEngine (or another ONNX model) on "
@@ -268,7 +275,8 @@ def validate_command(args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> Any:
-    from .exporter import export, load_traced
+    from .exporter import export
+    from .runtime.inputs import input_specs
     from .validate import against_megengine
 
     tm_path = args.tm or (args.model if args.model.endswith(".tm") else None)
@@ -277,8 +285,12 @@ def _validate_with_megengine(args: argparse.Namespace, progress: Progress) -> An
                            hint="add --tm MODEL.tm (MegEngine) or --against REF.onnx")
     silence_megengine_banner()
     progress.step(f"loading {tm_path}")
-    traced = load_traced(tm_path)
+    traced = load_tm(tm_path, args)
     model = load_onnx(args.model) if args.model != tm_path else export(traced, source=tm_path)
+    if len(input_specs(model)) != len(traced.graph.inputs[1:]):
+        raise Tm2OnnxError(f"{args.model} has {len(input_specs(model))} inputs, {tm_path} has "
+                           f"{len(traced.graph.inputs[1:])}", where=args.model,
+                           hint="compare a model with the .tm it was exported from")
     progress.step("running onnxruntime and MegEngine")
     return against_megengine(model, traced, subject=args.model,
                              reference=f"MegEngine ({tm_path})", **_tolerances(args))
