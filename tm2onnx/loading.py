@@ -184,7 +184,7 @@ def load_traced(path: str | os.PathLike, *, allow_modules: Iterable[str] = (),
         from .loadcheck import check_graph
 
         if reason := check_graph(model, policy):
-            raise UnsafeLoadError(reason, where=str(path), hint=UNSAFE_HINT)
+            raise UnsafeLoadError(f"refused to load: {reason}", where=str(path), hint=UNSAFE_HINT)
     return model
 
 
