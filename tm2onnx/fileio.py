@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import onnx
+import onnx.numpy_helper
 
 from .errors import Tm2OnnxError
 
@@ -208,7 +209,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
         return False
     data_path = path.with_name(path.name + ".data")
     check_output(data_path)
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]] = []
     try:
         write_atomic(data_path, lambda stream: moved.extend(_move_out(model, stream,
                                                                        data_path.name)))
@@ -219,27 +220,51 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
 
 
 def _move_out(model: onnx.ModelProto, stream: BinaryIO, location: str
-              ) -> list[tuple[onnx.TensorProto, bytes]]:
+              ) -> list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]]:
     # Tensors leave the proto one by one, so memory stays near the weights' size.
-    moved = []
+    moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]] = []
     for tensor in model.graph.initializer:
-        if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_THRESHOLD:
+        if tensor.data_type == onnx.TensorProto.STRING or _nbytes(tensor) < EXTERNAL_THRESHOLD:
             continue
-        data = tensor.raw_data
+        if tensor.HasField("raw_data"):
+            data = tensor.raw_data
+            moved.append((tensor, data))
+        else:  # typed fields (float_data, ...): keep the original to restore it exactly
+            original = onnx.TensorProto()
+            original.CopyFrom(tensor)
+            data = onnx.numpy_helper.to_array(tensor).tobytes()
+            moved.append((tensor, original))
         offset = stream.tell()
         stream.write(data)
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        del tensor.external_data[:]
-        for key, value in (("location", location), ("offset", str(offset)),
-                           ("length", str(len(data)))):
-            tensor.external_data.add(key=key, value=value)
-        moved.append((tensor, data))
+        _make_external(tensor, location, offset, len(data))
     return moved
 
 
-def _move_back(moved: list[tuple[onnx.TensorProto, bytes]]) -> None:
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+def _make_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                  "uint64_data"):
+        tensor.ClearField(field)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+
+
+def _move_back(moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]]) -> None:
     for tensor, data in moved:
+        if isinstance(data, onnx.TensorProto):
+            tensor.CopyFrom(data)
+            continue
         del tensor.external_data[:]
         tensor.data_location = onnx.TensorProto.DEFAULT
         tensor.raw_data = data
