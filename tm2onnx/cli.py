@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import Tm2OnnxError
+from .errors import Tm2OnnxError, TransformBug
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -50,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args, Progress(args.quiet))
     except Tm2OnnxError as err:
         print(f"{command}: error: {err}", file=sys.stderr)
+        if isinstance(err, TransformBug) and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__, file=sys.stderr)  # for the bug report
         return EXIT_ERROR
     except OSError as err:  # anything the fileio layer did not word itself
         print(f"{command}: error: {err.filename or ''}{': ' if err.filename else ''}"

@@ -203,7 +203,7 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
     The caller's model is restored before returning."""
     path = Path(path)
     if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT - (1 << 24)
+        external_data = too_large(model)
     if not external_data:
         write_atomic(path, lambda stream: stream.write(model.SerializeToString()))
         return False
@@ -217,6 +217,19 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
     finally:
         _move_back(moved)
     return True
+
+
+def too_large(model: onnx.ModelProto, margin: int = 1 << 26) -> bool:
+    """Whether `model` would pass protobuf's 2 GB limit inline (weights are summed first:
+    ByteSize itself fails on such a model)."""
+    weights = sum(_nbytes(t) for t in model.graph.initializer
+                  if t.data_location != onnx.TensorProto.EXTERNAL)
+    if weights > PROTOBUF_LIMIT - margin:
+        return True
+    try:
+        return model.ByteSize() > PROTOBUF_LIMIT - margin
+    except Exception:  # noqa: BLE001 - protobuf's EncodeError: too large to measure
+        return True
 
 
 def _move_out(model: onnx.ModelProto, stream: BinaryIO, location: str
