@@ -15,13 +15,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import onnx
-import onnx.numpy_helper
 
 from .errors import Tm2OnnxError
 
 TEMP_MARK = ".tm2onnx-tmp-"  # `.<name>.tm2onnx-tmp-<pid>-<hex>`: ours, so stale ones may go
-PROTOBUF_LIMIT = 2**31 - 1   # protobuf refuses to serialize a message of 2 GiB or more
-EXTERNAL_THRESHOLD = 1024    # bytes: smaller tensors stay inline (shape inference reads them)
 _LIVE_TEMPS: set[str] = set()
 
 
@@ -200,7 +197,9 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
               external_data: bool | None = None) -> bool:
     """Write `model` atomically; tensors go to `<name>.data` beside it when `external_data`,
     or (None) when the model would pass protobuf's 2 GB limit. Returns whether they did.
-    The caller's model is restored before returning."""
+    The caller's model is not modified, and no second copy of the weights is made."""
+    from .external import external_header, too_large
+
     path = Path(path)
     if external_data is None:
         external_data = too_large(model)
@@ -209,75 +208,8 @@ def save_onnx(model: onnx.ModelProto, path: str | os.PathLike, *,
         return False
     data_path = path.with_name(path.name + ".data")
     check_output(data_path)
-    moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]] = []
-    try:
-        write_atomic(data_path, lambda stream: moved.extend(_move_out(model, stream,
-                                                                       data_path.name)))
-        write_atomic(path, lambda stream: stream.write(model.SerializeToString()))
-    finally:
-        _move_back(moved)
+    header: list[onnx.ModelProto] = []
+    write_atomic(data_path, lambda stream: header.append(
+        external_header(model, stream, data_path.name)))
+    write_atomic(path, lambda stream: stream.write(header[0].SerializeToString()))
     return True
-
-
-def too_large(model: onnx.ModelProto, margin: int = 1 << 26) -> bool:
-    """Whether `model` would pass protobuf's 2 GB limit inline (weights are summed first:
-    ByteSize itself fails on such a model)."""
-    weights = sum(_nbytes(t) for t in model.graph.initializer
-                  if t.data_location != onnx.TensorProto.EXTERNAL)
-    if weights > PROTOBUF_LIMIT - margin:
-        return True
-    try:
-        return model.ByteSize() > PROTOBUF_LIMIT - margin
-    except Exception:  # noqa: BLE001 - protobuf's EncodeError: too large to measure
-        return True
-
-
-def _move_out(model: onnx.ModelProto, stream: BinaryIO, location: str
-              ) -> list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]]:
-    # Tensors leave the proto one by one, so memory stays near the weights' size.
-    moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]] = []
-    for tensor in model.graph.initializer:
-        if tensor.data_type == onnx.TensorProto.STRING or _nbytes(tensor) < EXTERNAL_THRESHOLD:
-            continue
-        if tensor.HasField("raw_data"):
-            data = tensor.raw_data
-            moved.append((tensor, data))
-        else:  # typed fields (float_data, ...): keep the original to restore it exactly
-            original = onnx.TensorProto()
-            original.CopyFrom(tensor)
-            data = onnx.numpy_helper.to_array(tensor).tobytes()
-            moved.append((tensor, original))
-        offset = stream.tell()
-        stream.write(data)
-        _make_external(tensor, location, offset, len(data))
-    return moved
-
-
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-
-
-def _make_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
-    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
-                  "uint64_data"):
-        tensor.ClearField(field)
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    del tensor.external_data[:]
-    for key, value in (("location", location), ("offset", str(offset)),
-                       ("length", str(length))):
-        tensor.external_data.add(key=key, value=value)
-
-
-def _move_back(moved: list[tuple[onnx.TensorProto, bytes | onnx.TensorProto]]) -> None:
-    for tensor, data in moved:
-        if isinstance(data, onnx.TensorProto):
-            tensor.CopyFrom(data)
-            continue
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
-        tensor.raw_data = data
