@@ -110,3 +110,15 @@ def test_model_past_2gb_round_trips_through_optimize(tmp_path):
     onnx.external_data_helper.load_external_data_for_model(reloaded, str(tmp_path))
     w1 = numpy_helper.to_array(next(t for t in reloaded.graph.initializer if t.name == "w1"))
     assert w1.size == elements and w1[1] == 2 and w1[4096] == 1
+
+
+def test_export_with_external_data_validates_against_megengine(megengine, tmp_path, capsys):
+    from pathlib import Path
+
+    tm_file = Path(__file__).resolve().parents[1] / "models" / "big_linear.tm"
+    out = tmp_path / "big.onnx"
+    assert main(["export", str(tm_file), "-o", str(out), "--external-data", "-q"]) == 0
+    assert _externals(onnx.load(out, load_external_data=False))
+    assert (tmp_path / "big.onnx.data").stat().st_size > 0
+    assert main(["validate", str(out), "--tm", str(tm_file), "-q"]) == 0
+    assert "PASS" in capsys.readouterr().out
