@@ -33,11 +33,19 @@ class Builder:
 
     def const(self, base: str, value: np.ndarray, node_ok: bool = True) -> str:
         name = self.fresh(base)
-        tensor = numpy_helper.from_array(value.astype(np.float32), name)
-        if node_ok and self.draw(st.integers(0, 3)) == 0:  # a Constant node, not an initializer
-            self.nodes.append(helper.make_node("Constant", [], [name], value=tensor))
+        value = value.astype(np.float32)
+        kind = self.draw(st.integers(0, 5)) if node_ok else 5
+        if kind == 0:  # a Constant node (its tensor unnamed, as exporters write it)
+            self.nodes.append(helper.make_node("Constant", [], [name],
+                                               value=numpy_helper.from_array(value)))
+        elif kind == 1:  # a constant subgraph a folding pass can evaluate: part + rest
+            part = self.rng.standard_normal(value.shape).astype(np.float32)
+            self.nodes.append(helper.make_node("Constant", [], [name + "_a"],
+                                               value=numpy_helper.from_array(part)))
+            self.inits.append(numpy_helper.from_array(value - part, name + "_b"))
+            self.nodes.append(helper.make_node("Add", [name + "_a", name + "_b"], [name]))
         else:
-            self.inits.append(tensor)
+            self.inits.append(numpy_helper.from_array(value, name))
         return name
 
     def emit(self, op: str, inputs: list[str], shape: tuple[int, ...], **attrs) -> str:

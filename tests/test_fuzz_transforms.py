@@ -60,7 +60,7 @@ def test_every_transform_refuses_or_preserves_outputs(model):
         _check_transform(model, feeds, expected, name, options, rtol, atol)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=30, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(graphs())
 def test_generator_makes_valid_runnable_graphs(model):
