@@ -104,6 +104,7 @@ def test_model_past_2gb_round_trips_through_optimize(tmp_path):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     peak = int(result.stdout.split()[-1])
+    print(f"optimize peak RSS {peak / 2**30:.2f} GiB for {weights / 2**30:.2f} GiB of weights")
     assert peak < 2.5 * weights, f"peak RSS {peak / 2**30:.2f} GiB for {weights / 2**30:.2f}"
     reloaded = onnx.load(out, load_external_data=False)
     assert sorted(_externals(reloaded)) == [f"w{i}" for i in range(count)]

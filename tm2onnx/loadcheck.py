@@ -8,7 +8,7 @@ import operator
 from collections.abc import Iterator
 from typing import Any
 
-from .loading import SAFE_FUNCTION_MODULES, UNSAFE_CLASSES, Policy, _under
+from .loading import SAFE_FUNCTION_MODULES, UNSAFE_NAME_PARTS, Policy, _under
 
 # Tensor dunders a trace records: the operator protocol, indexing, and a few conversions.
 _OPERATOR_DUNDERS = frozenset(
@@ -57,7 +57,7 @@ def _expr_reason(expr: Any, policy: Policy) -> str | None:
     if isinstance(expr, E.Apply):
         kind = type(expr.opdef)
         if (not policy.module_ok(kind.__module__) or
-                any(bad in kind.__name__ for bad in UNSAFE_CLASSES[1:])):
+                any(bad in kind.__name__ for bad in UNSAFE_NAME_PARTS)):
             return f"op {kind.__module__}.{kind.__name__} is not a MegEngine compute op"
     return None
 

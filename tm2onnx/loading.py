@@ -26,8 +26,11 @@ SAFE_CLASS_MODULES = (
 # Modules whose *functions* a traced CallFunction may call.
 SAFE_FUNCTION_MODULES = ("megengine.functional", "megengine.core.tensor.array_method",
                          "megengine.core._imperative_rt.core2")
-# Classes that reach outside the process (native code, network) even under a safe module.
-UNSAFE_CLASSES = ("megengine.module.external", "Remote", "Collective", "Extern")
+# What reaches outside the process (network, serialized native engines, Python callbacks)
+# even under a safe module: a module, and parts of class names (RemoteSend, CollectiveComm,
+# ExternOpr, TensorRTRuntime, AtlasRuntime, PyOpBase, ...).
+UNSAFE_MODULES = ("megengine.module.external",)
+UNSAFE_NAME_PARTS = ("Remote", "Collective", "Extern", "Runtime", "PyOp")
 SAFE_GLOBALS: dict[tuple[str, str], Any] = {}
 _SAFE_BUILTINS = ("bool", "int", "float", "complex", "str", "bytes", "bytearray", "tuple",
                   "list", "dict", "set", "frozenset", "slice", "range", "object", "Ellipsis",
@@ -82,7 +85,7 @@ class Policy:
 
     def module_ok(self, module: str, functions: bool = False) -> bool:
         safe = SAFE_CLASS_MODULES + (SAFE_FUNCTION_MODULES if functions else ())
-        return _under(module, safe + self.allow) and not _under(module, UNSAFE_CLASSES[:1])
+        return _under(module, safe + self.allow) and not _under(module, UNSAFE_MODULES)
 
     def resolve_class(self, module: str, qualname: str) -> Any:
         if (module, qualname) in _safe_globals():
@@ -96,7 +99,7 @@ class Policy:
             obj = getattr(obj, part, None)
         # A class defined where it is named: not a function, a module, or a re-export.
         if (not isinstance(obj, type) or not self.module_ok(obj.__module__)
-                or any(bad in what for bad in UNSAFE_CLASSES[1:])):
+                or any(bad in what for bad in UNSAFE_NAME_PARTS)):
             raise self.refuse(what)
         return obj
 
