@@ -128,3 +128,18 @@ def test_run_pipeline_tells_a_crash_from_a_refusal(crashing_and_refusing):
         run_pipeline(model, ["test-refuse"])
     assert not isinstance(refusal.value, TransformBug)
     assert "cannot do that here" in str(refusal.value)
+
+
+def test_cli_shows_a_crash_with_its_traceback_and_a_refusal_in_one_line(
+        crashing_and_refusing, tmp_path, capsys):
+    from tm2onnx.cli import main
+
+    source = tmp_path / "in.onnx"
+    source.write_bytes(_scaled("Mul", "2.0").SerializeToString())
+    out = str(tmp_path / "out.onnx")
+    assert main(["optimize", str(source), "-o", out, "--passes", "test-refuse", "-q"]) == 2
+    refusal = capsys.readouterr().err.strip().splitlines()
+    assert len(refusal) == 1 and "cannot do that here" in refusal[0]
+    assert main(["optimize", str(source), "-o", out, "--passes", "test-crash", "-q"]) == 2
+    crash = capsys.readouterr().err
+    assert "crashed (KeyError)" in crash and "Traceback" in crash and "in crash" in crash
