@@ -123,3 +123,37 @@ def test_export_with_external_data_validates_against_megengine(megengine, tmp_pa
     assert (tmp_path / "big.onnx.data").stat().st_size > 0
     assert main(["validate", str(out), "--tm", str(tm_file), "-q"]) == 0
     assert "PASS" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_export_past_2gb_writes_external_data(megengine, tmp_path):
+    import pickle
+
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    class Huge(M.Module):
+        def __init__(self, features: int, layers: int):
+            super().__init__()
+            self.layers = [M.Linear(features, features, bias=False) for _ in range(layers)]
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    features, layers = 12_000, 4  # four 12000x12000 float32 Linears: 2.3 GB of weights
+    net = Huge(features, layers)
+    net.eval()
+    x = megengine.Tensor(np.ones((1, features), np.float32))
+    source = tmp_path / "huge.tm"
+    with source.open("wb") as handle:
+        pickle.dump(tm.trace_module(net, x), handle)
+    del net, x
+    out = tmp_path / "huge.onnx"
+    result = subprocess.run([sys.executable, "-m", "tm2onnx", "export", str(source), "-o",
+                             str(out), "-q"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = onnx.load(out, load_external_data=False)
+    assert _externals(header) and out.stat().st_size < 1 << 20
+    assert (tmp_path / "huge.onnx.data").stat().st_size == 4 * features * features * layers

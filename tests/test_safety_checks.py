@@ -110,3 +110,18 @@ def test_onnx_and_tm_with_different_input_counts(megengine, tmp_path, capsys):
     source = _write(tmp_path / "one_input.onnx", parse_model(GOOD))
     assert main(["validate", str(source), "--tm", str(tm_file), "-q"]) == 2
     assert "has 1 inputs" in _one_line(capsys)
+
+
+def test_protobuf_size_limit_is_one_line(tmp_path, capsys, monkeypatch):
+    from google.protobuf.message import EncodeError
+
+    import tm2onnx.fileio
+
+    def too_big(*args, **kwargs):
+        raise EncodeError("Failed to serialize proto")
+
+    monkeypatch.setattr(tm2onnx.fileio, "save_onnx", too_big)
+    source = _write(tmp_path / "good.onnx", parse_model(GOOD))
+    assert main(["optimize", str(source), "-o", str(tmp_path / "o.onnx"), "--passes",
+                 "cleanup", "-q"]) == 2
+    assert "passes 2 GB" in _one_line(capsys)

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import EncodeError
+
 from . import __version__
 from .errors import Tm2OnnxError, TransformBug
 
@@ -53,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: {err}", file=sys.stderr)
         if isinstance(err, TransformBug) and err.__cause__ is not None:
             traceback.print_exception(err.__cause__, file=sys.stderr)  # for the bug report
+        return EXIT_ERROR
+    except EncodeError as err:  # protobuf's own 2 GB limit, hit before any file is written
+        print(f"{command}: error: protobuf cannot hold it ({err}): one tensor passes 2 GB — "
+              "models past 2 GB are written with external data, but each tensor must stay "
+              "under 2 GB", file=sys.stderr)
         return EXIT_ERROR
     except OSError as err:  # anything the fileio layer did not word itself
         print(f"{command}: error: {err.filename or ''}{': ' if err.filename else ''}"
