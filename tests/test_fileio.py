@@ -153,14 +153,17 @@ def test_real_path_errors_are_one_line(onnx_file, tmp_path, capsys):
     parent_file.write_text("x")
     for target, reason in ((parent_file / "out.onnx", "Not a directory"),
                            (tmp_path / ("n" * 300 + ".onnx"), "File name too long"),
-                           (tmp_path / "missing" / "deeper" / "out.onnx", "No such file"),
+                           (parent_file / "deeper" / "out.onnx", "Not a directory"),
                            ("/sys/out.onnx", "Permission denied")):
         assert _optimize(onnx_file, target) == 2
         assert reason in _one_line_error(capsys)
 
 
-def test_write_atomic_raises_a_file_error_that_is_an_os_error(tmp_path):
+def test_write_atomic_makes_missing_parents_and_raises_file_errors(tmp_path):
+    write_atomic(tmp_path / "new" / "dir" / "x", lambda stream: stream.write(b"ok"))
+    assert (tmp_path / "new" / "dir" / "x").read_bytes() == b"ok"
+    (tmp_path / "file").write_text("")
     with pytest.raises(FileError) as info:
-        write_atomic(tmp_path / "no" / "such" / "dir" / "x", lambda stream: None)
+        write_atomic(tmp_path / "file" / "x", lambda stream: None)
     assert isinstance(info.value, OSError)
     assert "\n" not in str(info.value)

@@ -34,7 +34,8 @@ def os_error(err: OSError, path: str | os.PathLike, doing: str) -> FileError:
              errno.EROFS: "write to a writable location",
              errno.EACCES: "check the permissions of the file and its directory",
              errno.ENAMETOOLONG: "use a shorter file name",
-             errno.ENOTDIR: "a parent of the path is a file, not a directory"}
+             errno.ENOTDIR: "a parent of the path is a file, not a directory",
+             errno.EEXIST: "a parent of the path is a file, not a directory"}
     return FileError(f"cannot {doing}: {reason}", where=str(path), hint=hints.get(err.errno))
 
 
@@ -77,6 +78,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     on any error, SIGTERM or SIGINT; OSErrors become one-line FileErrors."""
     path = Path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as before: -o out/new/model.onnx
         remove_stale_temps(path)
         with _temp_beside(path) as (stream, temp):
             write(stream)
