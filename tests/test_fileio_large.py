@@ -87,6 +87,11 @@ def _huge_model(elements: int, count: int) -> onnx.ModelProto:
     return model
 
 
+# Runs the CLI and prints its peak resident memory in bytes on the last stdout line.
+PEAK_RSS = ("import sys, resource; from tm2onnx.cli import main; rc = main(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
+
+
 @pytest.mark.slow
 def test_model_past_2gb_round_trips_through_optimize(tmp_path):
     count = 8
@@ -97,9 +102,7 @@ def test_model_past_2gb_round_trips_through_optimize(tmp_path):
     assert save_onnx(model, source)  # automatic: too large to serialize inline
     del model
     out = tmp_path / "out.onnx"
-    code = ("import sys, resource; from tm2onnx.cli import main; rc = main(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", code, "optimize", str(source), "-o",
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, "optimize", str(source), "-o",
                              str(out), "--passes", "cleanup", "-q"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -151,9 +154,12 @@ def test_export_past_2gb_writes_external_data(megengine, tmp_path):
         pickle.dump(tm.trace_module(net, x), handle)
     del net, x
     out = tmp_path / "huge.onnx"
-    result = subprocess.run([sys.executable, "-m", "tm2onnx", "export", str(source), "-o",
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, "export", str(source), "-o",
                              str(out), "-q"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+    weights = 4 * features * features * layers
+    print(f"export peak RSS {int(result.stdout.split()[-1]) / 2**30:.2f} GiB for "
+          f"{weights / 2**30:.2f} GiB of weights")
     header = onnx.load(out, load_external_data=False)
     assert _externals(header) and out.stat().st_size < 1 << 20
     assert (tmp_path / "huge.onnx.data").stat().st_size == 4 * features * features * layers
