@@ -2,6 +2,10 @@
 
 import sys
 
-from .cli import main
+try:  # Ctrl-C while the CLI's own imports load: exit as main() would, without a traceback
+    from .cli import main
+except KeyboardInterrupt:
+    print("tm2onnx: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import EncodeError
+
 from . import __version__
-from .errors import Tm2OnnxError
+from .errors import Tm2OnnxError, TransformBug
 
 EXIT_OK, EXIT_MISMATCH, EXIT_ERROR = 0, 1, 2
 
@@ -36,16 +39,32 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _warn_one_line  # a user needs the message, not our source line
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return EXIT_ERROR
-    try:
+    command = "tm2onnx"
+    try:  # Ctrl-C during start-up (imports take seconds) exits as cleanly as during work
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return EXIT_ERROR
+        command = f"tm2onnx {args.command}"
+        from .options import check_args
+
+        check_args(args)
         return args.handler(args, Progress(args.quiet))
     except Tm2OnnxError as err:
-        print(f"tm2onnx {args.command}: error: {err}", file=sys.stderr)
+        print(f"{command}: error: {err}", file=sys.stderr)
+        if isinstance(err, TransformBug) and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__, file=sys.stderr)  # for the bug report
         return getattr(err, "exit_code", EXIT_ERROR)
+    except EncodeError as err:  # protobuf's own 2 GB limit, hit before any file is written
+        print(f"{command}: error: protobuf cannot hold it ({err}): one tensor passes 2 GB — "
+              "models past 2 GB are written with external data, but each tensor must stay "
+              "under 2 GB", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as err:  # anything the fileio layer did not word itself
+        print(f"{command}: error: {err.filename or ''}{': ' if err.filename else ''}"
+              f"{err.strerror or err}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("tm2onnx: interrupted", file=sys.stderr)
         return 130

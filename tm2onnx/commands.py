@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import onnx
 
 from ._quiet import silence_megengine_banner
 from .bench_cli import bench_arguments, bench_command
-from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, out_path, parse_key_values
-from .errors import LoadError, OutputMismatch, RunError, Tm2OnnxError
+from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, parse_key_values
+from .errors import OutputMismatch, RunError, Tm2OnnxError
 from .exporter import QDQ_ACTIVATIONS
+from .options import add_load_options, add_write_options, load_tm, output_target, write_model
 from .validate_cli import validate_arguments, validate_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -126,12 +126,17 @@ def _expanded_passes(args: argparse.Namespace) -> list[str]:
 
 
 def load_onnx(path: str) -> onnx.ModelProto:
-    if not Path(path).is_file():
-        raise LoadError("no such file", where=path, hint="pass the path of an .onnx model")
-    try:
-        return onnx.load(path)
-    except Exception as err:
-        raise LoadError(f"not a readable ONNX model: {err}", where=path) from err
+    """The model (external data read in), refused up front when it fails onnx.checker."""
+    return load_checked_onnx(path)[0]
+
+
+def load_checked_onnx(path: str) -> tuple[onnx.ModelProto, bool]:
+    from .checking import check_model
+    from .fileio import load_onnx as read_onnx
+
+    model, external = read_onnx(path)
+    check_model(model, where=path)
+    return model, external
 
 
 def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progress,
@@ -186,21 +191,23 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)
     _validation_options(parser)
+    add_load_options(parser)
+    add_write_options(parser)
 
 
 @command("export", "export a TracedModule (.tm) to ONNX, optionally transform and validate",
          _export_arguments)
 def export_command(args: argparse.Namespace, progress: Progress) -> int:
-    from .exporter import export, load_traced, save_model
+    from .exporter import export
 
-    target = out_path(args.output)
+    target = output_target(args, [args.model])
     if args.validate and NOT_COMPARABLE.intersection(_expanded_passes(args)):
         raise Tm2OnnxError("--validate cannot compare a wrapped model with MegEngine",
                            hint="export with --validate first, then run 'tm2onnx optimize "
                                 "--passes wrap'")
     progress.step(f"loading {args.model}")
     silence_megengine_banner()
-    traced = load_traced(args.model)
+    traced = load_tm(args.model, args)
     exprs = sum(1 for _ in traced.graph.exprs(recursive=True))
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
@@ -224,12 +231,15 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
     params = _quant_params(model, args.quant_params_json)
-    save_model(model, target)
+    write_model(model, args)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
           f"opset {args.opset}")
     if params:
-        path = out_path(args.quant_params_json)
-        path.write_text(json.dumps(params, indent=4))
+        from .fileio import check_output, write_atomic
+
+        path = check_output(args.quant_params_json, [args.model, args.output])
+        text = json.dumps(params, indent=4).encode()
+        write_atomic(path, lambda handle: handle.write(text))
         print(f"wrote {path}: {len(params)} quantized tensors")
     return EXIT_OK
 
@@ -265,17 +275,16 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run onnxruntime before and after every transform; fail on drift")
     _pass_options(parser)
     _validation_options(parser)
+    add_write_options(parser)
 
 
 @command("optimize", "apply graph transforms to any ONNX model", _optimize_arguments)
 def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
-    from .exporter import save_model
-
-    target = out_path(args.output)
+    target = output_target(args, [args.model])
     if not csv(args.passes):
         raise Tm2OnnxError("no --passes given", hint="e.g. --passes deploy "
                            "(list them with 'tm2onnx transforms')")
-    original = load_onnx(args.model)
+    original, external = load_checked_onnx(args.model)
     model = run_passes(original, args, progress, args.validate)
     if args.validate:
         from .validate import against_onnx
@@ -286,7 +295,7 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
             print(report)
             if not report:
                 return EXIT_MISMATCH
-    save_model(model, target)
+    write_model(model, args, input_external=external)
     print(f"wrote {target}: {len(original.graph.node)} -> {len(model.graph.node)} nodes")
     return EXIT_OK
 

@@ -36,6 +36,12 @@ class TransformError(Tm2OnnxError):
     """A graph transform failed or was given bad parameters."""
 
 
+class TransformBug(TransformError):
+    """A transform crashed (not a refusal): the original exception is kept as `__cause__`,
+    with its traceback, for the bug report. A TransformError too, for callers that catch
+    that; tell the two apart with isinstance(err, TransformBug)."""
+
+
 class ValidationError(Tm2OnnxError):
     """Outputs differ beyond tolerance, or a runtime could not run the model."""
 

@@ -4,11 +4,8 @@ and produce a checked ONNX model; `save_model` writes atomically (temp file, the
 from __future__ import annotations
 
 import os
-import pickle
-import tempfile
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,23 +25,13 @@ QDQ_ACTIVATIONS = ("uint8", "int8")  # storage of quantized activations (README#
 SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference must read
 
 
-def load_traced(path: str | os.PathLike) -> Any:
-    """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`."""
-    import megengine.traced_module as tm
+def load_traced(path: str | os.PathLike, *, allow_modules: Sequence[str] = (),
+                unsafe: bool = False) -> Any:
+    """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`,
+    safely unless `unsafe` (see tm2onnx.loading and README#safe-loading)."""
+    from .loading import load_traced as safe_load
 
-    path = Path(path)
-    if not path.is_file():
-        raise LoadError("no such file", where=str(path), hint="pass the path of a pickled .tm")
-    try:
-        with path.open("rb") as handle:
-            model = pickle.load(handle)
-    except Exception as err:
-        raise LoadError(f"cannot unpickle: {type(err).__name__}: {err}", where=str(path),
-                        hint="save it with pickle.dump(tm.trace_module(net, x), f)") from err
-    if not isinstance(model, tm.TracedModule):
-        raise LoadError(f"holds a {type(model).__name__}, not a TracedModule", where=str(path),
-                        hint="trace it first: megengine.traced_module.trace_module(net, x)")
-    return model
+    return safe_load(path, allow_modules=allow_modules, unsafe=unsafe)
 
 
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
@@ -76,18 +63,13 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
     return _finish(ctx)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: a failure never leaves a half-written file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(model.SerializeToString())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None) -> bool:
+    """Write atomically (see tm2onnx.fileio.save_onnx): a failure never leaves a half-written
+    file; past 2 GB (or with `external_data`) tensors go to `<path>.data`."""
+    from .fileio import save_onnx
+
+    return save_onnx(model, path, external_data=external_data)
 
 
 # ---- steps ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from .errors import Tm2OnnxError
 
 def validate_arguments(parser: argparse.ArgumentParser) -> None:
     from .commands import _validation_options
+    from .options import add_load_options
 
     parser.add_argument("model", help="ONNX model to check (or a .tm: exported in memory)")
     reference = parser.add_mutually_exclusive_group()
@@ -41,6 +42,7 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--plot", metavar="FILE.png|svg",
                        help="draw every matched tensor's error along the graph (needs "
                             "matplotlib: pip install 'tm2onnx[plot]'); implies --localize")
+    add_load_options(parser)
 
 
 def validate_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -107,7 +109,9 @@ def validate_command(args: argparse.Namespace, progress: Progress) -> int:
 def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict) -> Any:
     from ._quiet import silence_megengine_banner
     from .commands import load_onnx
-    from .exporter import export, load_traced
+    from .exporter import export
+    from .options import load_tm
+    from .runtime.inputs import input_specs
     from .validate import against_megengine
 
     tm_path = args.tm or (args.model if args.model.endswith(".tm") else None)
@@ -119,8 +123,12 @@ def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict)
                            hint="MegEngine runs on its own device")
     silence_megengine_banner()
     progress.step(f"loading {tm_path}")
-    traced = load_traced(tm_path)
+    traced = load_tm(tm_path, args)
     model = load_onnx(args.model) if args.model != tm_path else export(traced, source=tm_path)
+    if len(input_specs(model)) != len(traced.graph.inputs[1:]):
+        raise Tm2OnnxError(f"{args.model} has {len(input_specs(model))} inputs, {tm_path} has "
+                           f"{len(traced.graph.inputs[1:])}", where=args.model,
+                           hint="compare a model with the .tm it was exported from")
     progress.step("running onnxruntime and MegEngine")
     return against_megengine(model, traced, subject=args.model,
                              reference=f"MegEngine ({tm_path})", **options)

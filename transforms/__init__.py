@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
-from tm2onnx.errors import TransformError
+from tm2onnx.errors import Tm2OnnxError, TransformBug, TransformError
 
 from .graphio import to_graph, to_model
 from .patterns import graph_size
@@ -110,8 +110,35 @@ def run_pipeline(model: onnx.ModelProto, names: Sequence[str], *,
     as is, byte for byte."""
     options = options or {}
     steps = [(name, bind(name, options.get(name))) for name in expand(names)]
-    with _gc_paused():
+    with _gc_paused(), _names_kept(model):
         return _run_steps(model, steps, check, on_step)
+
+
+@contextlib.contextmanager
+def _names_kept(model: onnx.ModelProto) -> Iterator[None]:
+    # gs imports constants lazily and, on export, writes the new tensor name into the
+    # caller's TensorProto itself (initializers, Constant node values): put the names back.
+    tensors = list(_tensor_protos(model.graph))
+    names = [tensor.name if tensor.HasField("name") else None for tensor in tensors]
+    try:
+        yield
+    finally:
+        for tensor, name in zip(tensors, names):
+            if name is None:
+                tensor.ClearField("name")
+            elif tensor.name != name:
+                tensor.name = name
+
+
+def _tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensor_protos(sub)
 
 
 @contextlib.contextmanager
@@ -146,8 +173,7 @@ def _run_steps(model: onnx.ModelProto,
                 if check:
                     onnx.checker.check_model(after)
         except Exception as err:
-            ran = f"after [{', '.join(r.name for r in reports)}]" if reports else "(first step)"
-            raise TransformError(f"{name} failed {ran}: {err}") from err
+            raise _failure(name, reports, err) from err
         if on_step is not None:
             on_step(name, current, after, report)
         current = after
@@ -157,6 +183,17 @@ def _run_steps(model: onnx.ModelProto,
     if not check and on_step is None:  # otherwise `current` is already the final export
         current = to_model(graph, like=model)
     return current, reports
+
+
+def _failure(name: str, reports: list[TransformReport], err: Exception) -> Tm2OnnxError:
+    """A refusal (a Tm2OnnxError the transform raised on purpose) stays a TransformError; any
+    other exception is a bug: a TransformBug naming its type, the original as __cause__."""
+    ran = f"after [{', '.join(r.name for r in reports)}]" if reports else "(first step)"
+    if isinstance(err, Tm2OnnxError):
+        return TransformError(f"{name} failed {ran}: {err}")
+    return TransformBug(f"{name} failed {ran}: {err}",
+                        hint=f"{name} crashed ({type(err).__name__}) rather than refused: a "
+                             "tm2onnx bug; please report it with the model")
 
 
 def _load_builtin_transforms() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import transform
-from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
+from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, overflow_reason, sole_output_reason
 from .graphio import merge_metadata, rank_finder
 from .graphops import tidy
 from .patterns import adopt_outputs, const_array, name_maker, nodes_of, producer
@@ -76,6 +76,8 @@ def _plan(graph: gs.Graph, source: gs.Node, node: gs.Node, index: int, c: np.nda
     if isinstance(affine, str):
         return affine
     s, t = affine
+    if reason := overflow_reason(lin, s, t):
+        return reason
     if lin.node.op == "MatMul" and np.any(t != 0) and lin.out_rank != 2:
         return "a bias on a MatMul needs a 2-D output (to become Gemm)"
     return lin, s, t
@@ -94,7 +96,12 @@ def _affine(op: str, index: int, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]
         return "c / x is not linear in x"
     if np.any(c == 0):
         return "divisor has zeros"
-    return ones / c, zeros
+    with np.errstate(over="ignore", divide="ignore"):
+        reciprocal = (ones / c).astype(c.dtype)
+    if not np.all(np.isfinite(reciprocal)):
+        tiny = float(np.min(np.abs(c)))
+        return f"divisor {tiny:.4g} has no finite reciprocal in {c.dtype}"
+    return reciprocal, zeros
 
 
 def channel_vector(c: np.ndarray, lin: Linear) -> np.ndarray | str:

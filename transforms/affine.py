@@ -78,6 +78,20 @@ def sole_output_reason(graph: gs.Graph, node: gs.Node, reader: gs.Node) -> str |
     return None
 
 
+def overflow_reason(lin: Linear, s: np.ndarray, t: np.ndarray) -> str | None:
+    """Why folding (s, t) into lin would produce inf/nan parameters (None when it would not):
+    checked on the bounds |W|·max|s| and |b|·max|s| + max|t| in the weight's dtype."""
+    dtype = lin.weight.dtype
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale, shift = np.abs(s).max(initial=0), np.abs(t).max(initial=0)
+        bias = np.abs(lin.bias).max(initial=0) if lin.bias is not None else 0
+        bounds = np.array([np.abs(lin.weight).max(initial=0) * scale, bias * scale + shift])
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t))
+            and np.all(np.isfinite(bounds.astype(dtype)))):
+        return f"folding would overflow {dtype} (scale up to {scale:.3g}, shift {shift:.3g})"
+    return None
+
+
 def scale_weight(op: str, weight: np.ndarray, s: np.ndarray, *, group: int = 1,
                  trans_b: bool = False) -> np.ndarray:
     """W with output channel c multiplied by s[c], for each op's weight layout."""

@@ -15,6 +15,7 @@ from .patterns import const_array
 
 F16, F32 = np.dtype(np.float16), np.dtype(np.float32)
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504; anything larger rounds to inf
+FP16_TINY = float(np.finfo(np.float16).tiny)  # 6.1e-5; smaller values are subnormal or 0
 # For each input and output of a node: whether it is float32 and takes the op's float type.
 Slots = tuple[list[bool], list[bool]]
 
@@ -60,14 +61,27 @@ def _inferred_dtypes(graph: gs.Graph) -> dict[str, np.dtype | None]:
             if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type}
 
 
-def fp16_range_reason(tensor: gs.Tensor) -> str | None:
-    """Why the constant `tensor` cannot become float16 (None when it fits)."""
+def fp16_range_reason(tensor: gs.Tensor, *, divisor: bool = False) -> str | None:
+    """Why the constant `tensor` cannot become float16 (None when it fits): a value past
+    65504 (inf), a tensor whose largest value is below fp16's smallest normal (it turns 0 or
+    loses its precision: `x * 1e-8` would compute 0), or, for a `divisor`, any nonzero value
+    that small (`x / 1e-8` would compute inf). Single tiny weights among normal ones only lose
+    an absolute error far below fp16's own, so they are fine."""
     value = const_array(tensor)
     if value is None or value.size == 0 or not np.issubdtype(value.dtype, np.floating):
         return None
-    largest = float(np.max(np.abs(value)))
+    magnitude = np.abs(value)
+    largest = float(np.max(magnitude))
     if largest > FP16_MAX:  # also catches inf; nan compares false and stays nan in fp16
         return f"{tensor.name} has |value| {largest:.4g} > {FP16_MAX:g}, beyond fp16 range"
+    nonzero = magnitude[magnitude > 0]
+    smallest = float(np.min(nonzero)) if nonzero.size else 0.0
+    if divisor and nonzero.size and smallest < FP16_TINY:
+        return (f"divisor {tensor.name} has |value| {smallest:.4g} < {FP16_TINY:.4g}, which "
+                "fp16 flushes toward 0 (the quotient would overflow)")
+    if 0 < largest < FP16_TINY:
+        return (f"{tensor.name} has |value| <= {largest:.4g} < {FP16_TINY:.4g}, which fp16 "
+                "flushes to 0 or subnormal")
     return None
 
 

@@ -48,6 +48,9 @@ DEFAULT_BLOCK: tuple[str, ...] = (
     "ReduceLogSumExp", "ReduceProd", "CumSum", "Exp", "Log", "Pow", "Sqrt", "Reciprocal",
     "Resize", "RoiAlign", "Range", "TopK", "NonMaxSuppression")
 
+# Ops whose second input divides: there a tiny nonzero constant flushed by fp16 gives inf.
+DIVIDING = ("Div",)
+
 
 @dataclass
 class _Layer:
@@ -224,8 +227,9 @@ def _plan(graph: gs.Graph, block: frozenset[str], report: TransformReport) -> di
 
 
 def _range_reason(node: gs.Node, half_inputs: list[bool]) -> str | None:
-    return next((reason for tensor, half in zip(node.inputs, half_inputs)
-                 if half and (reason := fp16_range_reason(tensor))), None)
+    return next((reason for index, (tensor, half) in enumerate(zip(node.inputs, half_inputs))
+                 if half and (reason := fp16_range_reason(
+                     tensor, divisor=node.op in DIVIDING and index == 1))), None)
 
 
 def _flip_outputs(graph: gs.Graph, half: dict[int, Slots]) -> set[int]:

@@ -1,0 +1,196 @@
+"""Load a pickled TracedModule without running what a hostile pickle holds: only the classes a
+TracedModule is made of are resolved, MegEngine's own by-name imports are fenced the same way,
+and the loaded graph is checked (functions, methods, attribute paths) before anything runs."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import LoadError
+
+# Modules whose *classes* a TracedModule pickle may name (a module and its submodules).
+SAFE_CLASS_MODULES = (
+    "megengine.traced_module.expr", "megengine.traced_module.node",
+    "megengine.traced_module.pytree", "megengine.traced_module.serialization",
+    "megengine.traced_module.traced_module", "megengine.module", "megengine.quantization",
+    "megengine.tensor", "megengine.core._imperative_rt.common",
+    "megengine.core._imperative_rt.ops", "megengine.core.tensor.dtype",
+    "megengine.core.ops.builtin",
+)
+# Modules whose *functions* a traced CallFunction may call.
+SAFE_FUNCTION_MODULES = ("megengine.functional", "megengine.core.tensor.array_method",
+                         "megengine.core._imperative_rt.core2")
+# What reaches outside the process (network, serialized native engines, Python callbacks)
+# even under a safe module: a module, and parts of class names (RemoteSend, CollectiveComm,
+# ExternOpr, TensorRTRuntime, AtlasRuntime, PyOpBase, ...).
+UNSAFE_MODULES = ("megengine.module.external",)
+UNSAFE_NAME_PARTS = ("Remote", "Collective", "Extern", "Runtime", "PyOp")
+SAFE_GLOBALS: dict[tuple[str, str], Any] = {}
+_SAFE_BUILTINS = ("bool", "int", "float", "complex", "str", "bytes", "bytearray", "tuple",
+                  "list", "dict", "set", "frozenset", "slice", "range", "object", "Ellipsis",
+                  "NotImplemented")
+UNSAFE_HINT = ("--trust-module MODULE (allow_modules=[...]) for a custom class you trust, or "
+               "--unsafe-load (unsafe=True) for a file you trust completely")
+
+
+class UnsafeLoadError(LoadError):
+    """The pickle names a global outside what a TracedModule needs; nothing of it ran."""
+
+
+def _type_of(obj: object) -> type:
+    # `builtins.type` pickles NoneType & co as type(None); its 3-argument form makes classes.
+    return type(obj)
+
+
+def _safe_globals() -> dict[tuple[str, str], Any]:
+    if not SAFE_GLOBALS:
+        import builtins
+        import collections
+        import inspect
+
+        import numpy as np
+
+        SAFE_GLOBALS.update({("builtins", name): getattr(builtins, name)
+                             for name in _SAFE_BUILTINS})
+        SAFE_GLOBALS.update({
+            ("builtins", "type"): _type_of,
+            ("collections", "OrderedDict"): collections.OrderedDict,
+            ("collections", "defaultdict"): collections.defaultdict,
+            ("inspect", "FullArgSpec"): inspect.FullArgSpec,
+            ("numpy", "dtype"): np.dtype,
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
+            ("numpy.core.multiarray", "scalar"): np.core.multiarray.scalar,
+            ("_codecs", "encode"): __import__("_codecs").encode,
+        })
+    return SAFE_GLOBALS
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+class Policy:
+    """What a load may resolve: MegEngine's TracedModule classes plus `allow_modules`."""
+
+    def __init__(self, allow_modules: Iterable[str] = ()):
+        self.allow = tuple(allow_modules)
+        self.refused: list[str] = []
+
+    def module_ok(self, module: str, functions: bool = False) -> bool:
+        safe = SAFE_CLASS_MODULES + (SAFE_FUNCTION_MODULES if functions else ())
+        return _under(module, safe + self.allow) and not _under(module, UNSAFE_MODULES)
+
+    def resolve_class(self, module: str, qualname: str) -> Any:
+        if (module, qualname) in _safe_globals():
+            return _safe_globals()[(module, qualname)]
+        what = f"{module}.{qualname}"
+        parts = qualname.split(".")
+        if not self.module_ok(module) or any(p.startswith("__") or not p for p in parts):
+            raise self.refuse(what)
+        obj: Any = importlib.import_module(module)
+        for part in parts:
+            obj = getattr(obj, part, None)
+        # A class defined where it is named: not a function, a module, or a re-export.
+        if (not isinstance(obj, type) or not self.module_ok(obj.__module__)
+                or any(bad in what for bad in UNSAFE_NAME_PARTS)):
+            raise self.refuse(what)
+        return obj
+
+    def refuse(self, what: str) -> UnsafeLoadError:
+        self.refused.append(what)
+        return UnsafeLoadError(f"refused to load global {what!r} (not part of a TracedModule)",
+                               hint=UNSAFE_HINT)
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, stream: Any, policy: Policy):
+        super().__init__(stream)
+        self.policy = policy
+
+    def find_class(self, module: str, name: str) -> Any:
+        return self.policy.resolve_class(module, name)
+
+
+@contextlib.contextmanager
+def _fenced_imports(policy: Policy) -> Iterator[None]:
+    """MegEngine's __setstate__ methods import modules named by strings in the pickle
+    (module types, functions): let them import only what the policy allows."""
+    from megengine.traced_module import expr, node, serialization
+
+    def guarded(name: str, package: str | None = None) -> Any:
+        if not policy.module_ok(name, functions=True):
+            policy.refused.append(name)
+            raise ImportError(f"tm2onnx safe loading refused to import {name!r}")
+        return importlib.import_module(name, package)
+
+    import megengine.module as M
+
+    to_module = serialization._ModuleState.to_module
+
+    def checked_to_module(state: Any) -> Any:
+        # It calls cls.__new__ and __setstate__ on the class it names: a Module class only.
+        cls = policy.resolve_class(*state.module)
+        if not issubclass(cls, M.Module):
+            raise policy.refuse(".".join(state.module))
+        return to_module(state)
+
+    modules = (expr, node, serialization)
+    saved = [m.import_module for m in modules]
+    for module in modules:
+        module.import_module = guarded
+    serialization._ModuleState.to_module = checked_to_module
+    try:
+        yield
+    finally:
+        serialization._ModuleState.to_module = to_module
+        for module, original in zip(modules, saved):
+            module.import_module = original
+
+
+def load_traced(path: str | os.PathLike, *, allow_modules: Iterable[str] = (),
+                unsafe: bool = False) -> Any:
+    """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`,
+    resolving only what a TracedModule is made of (see README#safe-loading); `allow_modules`
+    adds trusted modules of custom classes, `unsafe=True` is plain pickle (trusted files only)."""
+    import megengine.traced_module as tm
+
+    path = Path(path)
+    if not path.is_file():
+        raise LoadError("no such file", where=str(path), hint="pass the path of a pickled .tm")
+    policy = Policy(allow_modules)
+    try:
+        with path.open("rb") as handle:
+            if unsafe:
+                model = pickle.load(handle)
+            else:
+                with _fenced_imports(policy):
+                    model = _Unpickler(handle, policy).load()
+    except UnsafeLoadError as err:
+        err.where = str(path)
+        raise
+    except Exception as err:
+        if policy.refused:  # a refused import surfaced as MegEngine's own error
+            raise _refusal(policy, path) from err
+        raise LoadError(f"cannot unpickle: {type(err).__name__}: {err}", where=str(path),
+                        hint="save it with pickle.dump(tm.trace_module(net, x), f)") from err
+    if not isinstance(model, tm.TracedModule):
+        raise LoadError(f"holds a {type(model).__name__}, not a TracedModule", where=str(path),
+                        hint="trace it first: megengine.traced_module.trace_module(net, x)")
+    if not unsafe:
+        from .loadcheck import check_graph
+
+        if reason := check_graph(model, policy):
+            raise UnsafeLoadError(f"refused to load: {reason}", where=str(path), hint=UNSAFE_HINT)
+    return model
+
+
+def _refusal(policy: Policy, path: Path) -> UnsafeLoadError:
+    return UnsafeLoadError(f"refused to import {policy.refused[0]!r} named inside the pickle "
+                           "(not part of a TracedModule)", where=str(path), hint=UNSAFE_HINT)
