@@ -65,14 +65,16 @@ def interleaved(fns: dict[str, Callable[[], object]], runs: int) -> dict[str, fl
 
 def top1(pairs: dict[str, tuple], size: int, count: int) -> dict[str, float]:
     """Top-1 agreement of each (onnxruntime session, MegEngine model) pair over `count` seeded
-    inputs."""
+    inputs. Quantized logits tie often (equal integers): onnxruntime's top-1 agrees when
+    MegEngine's logit there equals its maximum."""
     rng = np.random.default_rng(123)
     hits = dict.fromkeys(pairs, 0)
     for _ in range(count):
         x = rng.normal(0.0, 1.0, (1, 3, size, size)).astype(np.float32)
         for key, (sess, reference) in pairs.items():
             got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-            hits[key] += int(np.argmax(got)) == int(np.argmax(reference(x)))
+            wanted = reference(x).reshape(-1)
+            hits[key] += bool(wanted[int(np.argmax(got))] == wanted.max())
     return {key: value / count for key, value in hits.items()}
 
 

@@ -76,7 +76,9 @@ def test_quantized_classifier(megengine, name, tmp_path):
             reference = traced(mge.Tensor(x)).numpy()
             got = sessions[kind].run(None, {"x": x})[0]
             worst[kind] = max(worst[kind], steps_apart(reference, got, scales[kind]).max_steps)
-            agree[kind] += int(np.sum(reference.argmax(1) == got.argmax(1)))
+            # quantized logits tie often: agree when MegEngine's logit at our top-1 is its max
+            chosen = np.take_along_axis(reference, got.argmax(1)[:, None], axis=1)[:, 0]
+            agree[kind] += int(np.sum(chosen == reference.max(1)))
         exact = run_model(plain, {"x": x}, opt_level="disable")[plain.graph.output[0].name]
         worst["int8 as ONNX"] = max(worst["int8 as ONNX"],
                                     steps_apart(reference, exact, scales["int8"]).max_steps)
