@@ -72,10 +72,14 @@ def _half_pixel_linear(x: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def test_interpolate_trilinear(megengine):
+def test_interpolate_trilinear(megengine, monkeypatch):
     """MegEngine 1.13's CPU Resize3D (trilinear, align_corners=False) mostly returns zeros or
-    stale memory; its rare correct runs match half_pixel to 2e-6. So compare with numpy."""
+    stale memory; its rare correct runs match half_pixel to 2e-6. So compare with numpy, and
+    keep trace_module's own output check (which compares two garbage runs) out of it."""
     import megengine.traced_module as tm
+    from megengine.traced_module import tm_config
+
+    monkeypatch.setattr(tm_config, "_enable_default_checker", False)
 
     import tm2onnx
 
