@@ -1,8 +1,11 @@
-"""Shared fixtures: a seeded rng, and a `megengine` fixture that fails (not skips) under CI."""
+"""Shared fixtures: a seeded rng, and a `megengine` fixture that fails (not skips) under CI;
+every test is marked `megengine` (needs it) or `onnx_side` (core package only, any Python)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,3 +37,24 @@ def _megengine_or_fail():
 def megengine():
     """The megengine module; tests that need it fail under CI=true when it is missing."""
     return _megengine_or_fail()
+
+
+# Test modules that import MegEngine (or models/, tests/converters/harness.py) when loaded.
+# Without MegEngine they are not collected: none of their tests is ONNX-side.
+MEGENGINE_MODULES = ("converters/*", "test_export.py", "test_models.py",
+                     "test_models_transforms.py", "test_wrap_megengine.py")
+_HERE = Path(__file__).parent
+_NEEDS_MEGENGINE = tuple(path for pattern in MEGENGINE_MODULES for path in _HERE.glob(pattern))
+collect_ignore = ([] if importlib.util.find_spec("megengine")
+                  else [str(path) for path in _NEEDS_MEGENGINE])
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`megengine` on tests that use the fixture (even through another fixture) or live in a
+    MegEngine module, `onnx_side` on all others: `pytest -m onnx_side` selects what must pass
+    on every supported Python, and selecting by marker means nothing is skipped to get green."""
+    for item in items:
+        path = Path(str(item.fspath))
+        needs = "megengine" in getattr(item, "fixturenames", ()) or any(
+            path == module or module in path.parents for module in _NEEDS_MEGENGINE)
+        item.add_marker(pytest.mark.megengine if needs else pytest.mark.onnx_side)

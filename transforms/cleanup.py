@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -12,7 +10,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from . import transform
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
-from .patterns import const_array, constants_in, is_graph_output, replace_uses
+from .patterns import const_array, const_key, constants_in, is_graph_output, replace_uses
 from .report import TransformReport, label
 
 # Folding never creates a constant bigger than this or than the largest existing one.
@@ -34,9 +32,10 @@ def cleanup(graph: gs.Graph, *, fold: bool = True, max_fold_bytes: int | None = 
     folded: list[str] = []
     # gs's folding copies the graph and starts onnxruntime even when nothing can fold.
     if fold and may_fold(graph):
-        limit = max_fold_bytes if max_fold_bytes is not None else _default_limit(graph)
-        _fold(graph, limit)
+        limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
+        fold_constants(graph, limit)
         folded = _cleanup_counting(graph, labels)
+        merged += dedupe_constants(graph)  # gs's folding copies what it folds (Identity(W))
     toposort(graph)
     report.rewritten += merged + dead + folded
     if report.rewritten:
@@ -53,10 +52,7 @@ def dedupe_constants(graph: gs.Graph) -> list[str]:
     for const in list(constants_in(graph)):
         if is_graph_output(graph, const):
             continue
-        values = np.ascontiguousarray(const.values)
-        digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
-        key = (values.dtype.str, values.shape, digest)
-        keep = first.setdefault(key, const)
+        keep = first.setdefault(const_key(const.values), const)
         if keep is not const:
             replace_uses(const, keep)
             merged.append(const.name)
@@ -71,12 +67,13 @@ def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
     return [labels[key] for key in before if key not in kept]
 
 
-def _default_limit(graph: gs.Graph) -> int:
+def default_limit(graph: gs.Graph) -> int:
     largest = max((c.values.nbytes for c in constants_in(graph)), default=0)
     return max(MIN_FOLD_LIMIT, largest)
 
 
-def _fold(graph: gs.Graph, limit: int) -> None:
+def fold_constants(graph: gs.Graph, limit: int) -> None:
+    """gs's fold_constants, quietly, never creating a constant over `limit` bytes."""
     def too_big(node: gs.Node) -> bool:
         size = expanded_bytes(node)
         return size is None or size > limit

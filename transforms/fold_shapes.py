@@ -1,0 +1,152 @@
+"""Shape-aware folding: give tensors their inferred shapes, fold the shape arithmetic that makes
+constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand without copying weights,
+and fuse a 2-D MatMul + bias Add into Gemm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from . import transform
+from .cleanup import dedupe_constants, default_limit, fold_constants
+from .dtypes import as_dtype
+from .graphio import infer_onto
+from .graphops import cleanup as drop_dead
+from .graphops import may_fold
+from .patterns import (adopt_outputs, const_array, detach, is_graph_output, name_maker, nodes_of,
+                       only_consumer, producer, replace_uses)
+from .report import TransformReport, label
+
+
+def _static(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    value = const_array(tensor)
+    if value is not None:
+        return value.shape
+    shape = tensor.shape
+    if shape is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        return None
+    return tuple(int(d) for d in shape)
+
+
+def _same_static_shape(node: gs.Node) -> bool:
+    shape = _static(node.inputs[0])
+    return shape is not None and shape == _static(node.outputs[0])
+
+
+def _identity_perm(node: gs.Node) -> bool:
+    perm = node.attrs.get("perm")
+    return perm is not None and list(perm) == list(range(len(perm)))
+
+
+def _same_dtype(node: gs.Node) -> bool:
+    source = const_array(node.inputs[0])
+    dtype = source.dtype if source is not None else as_dtype(node.inputs[0].dtype)
+    return dtype is not None and dtype == as_dtype(node.attrs.get("to"))
+
+
+def _inference_dropout(node: gs.Node) -> bool:
+    mask_used = len(node.outputs) > 1 and node.outputs[1].outputs
+    training = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else False
+    return not mask_used and training is not None and not bool(np.any(training))
+
+
+# op -> is this node computing its first input unchanged?
+NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
+    "Identity": lambda node: True,
+    "Dropout": _inference_dropout,
+    "Cast": _same_dtype,
+    "Reshape": _same_static_shape,
+    "Expand": _same_static_shape,
+    "Transpose": _identity_perm,
+}
+
+
+@transform("fold-shapes")
+def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> TransformReport:
+    """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
+    constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand reusing the weights,
+    fuse 2-D MatMul+Add into Gemm; never folds an initializer that is also a graph input."""
+    report = TransformReport("fold-shapes", verb="removed")
+    infer_onto(graph)
+    remove_no_ops(graph, report)
+    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+    if may_fold(graph):
+        labels = {id(n): label(n) for n in graph.nodes}
+        before = [id(n) for n in graph.nodes]
+        limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
+        fold_constants(graph, limit)
+        drop_dead(graph)
+        kept = {id(n) for n in graph.nodes}
+        report.rewritten += [labels[key] for key in before if key not in kept]
+        infer_onto(graph)
+        remove_no_ops(graph, report)
+    fuse_matmul_add(graph, report)
+    if report.rewritten:
+        report.rewritten += dedupe_constants(graph)
+        drop_dead(graph)
+    return report
+
+
+def remove_no_ops(graph: gs.Graph, report: TransformReport) -> None:
+    """Bypass every node NO_OPS says computes its input unchanged: readers get the input
+    tensor itself (a weight stays one initializer); a graph output keeps its name."""
+    for node in nodes_of(graph, *NO_OPS):
+        if not node.inputs or not node.outputs or not NO_OPS[node.op](node):
+            continue
+        if (reason := _bypass(graph, node)) is not None:
+            report.skip(node, reason)
+        else:
+            report.rewrote(node)
+
+
+def _bypass(graph: gs.Graph, node: gs.Node) -> str | None:
+    source, out = node.inputs[0], node.outputs[0]
+    if not is_graph_output(graph, out):
+        detach(node)
+        replace_uses(out, source)
+        return None
+    writer = producer(source)
+    if writer is None or is_graph_output(graph, source) or any(t is source for t in graph.inputs):
+        return "its output is a graph output fed by an input, constant or other output"
+    # The producer writes the output tensor directly, so the graph output keeps its name.
+    detach(node)
+    replace_uses(source, out)
+    index = next(i for i, t in enumerate(writer.outputs) if t is source)
+    writer.outputs[index] = out
+    return None
+
+
+def fuse_matmul_add(graph: gs.Graph, report: TransformReport) -> None:
+    """MatMul(A, W) + b -> Gemm(A, W, b) when A and W are 2-D, W and b are constants and b
+    broadcasts along rows (shape [N] or [1, N]): one node, and the same math ORT would fuse."""
+    fresh = None
+    for matmul in nodes_of(graph, "MatMul"):
+        add = only_consumer(matmul.outputs[0], graph)
+        if add is None or add.op != "Add" or not _gemm_ready(matmul, add):
+            continue
+        bias = add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0]
+        fresh = fresh or name_maker(graph)
+        gemm = gs.Node("Gemm", fresh(matmul.name or "Gemm"), {}, [*matmul.inputs, bias],
+                       [gs.Variable(fresh(f"{matmul.outputs[0].name}_gemm"))])
+        graph.nodes.append(gemm)
+        adopt_outputs(gemm, add)
+        detach(matmul)
+        report.rewrote(add)
+
+
+def _gemm_ready(matmul: gs.Node, add: gs.Node) -> bool:
+    if len(matmul.inputs) != 2 or len(add.inputs) != 2:
+        return False
+    a, weight = _static(matmul.inputs[0]), const_array(matmul.inputs[1])
+    rank = len(matmul.inputs[0].shape) if matmul.inputs[0].shape is not None else None
+    bias_tensor = add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0]
+    bias = const_array(bias_tensor)
+    if (a is None and rank != 2) or (a is not None and len(a) != 2):
+        return False
+    if weight is None or weight.ndim != 2 or not np.issubdtype(weight.dtype, np.floating):
+        return False
+    if bias is None or bias.dtype != weight.dtype:
+        return False
+    return bias.shape in ((weight.shape[1],), (1, weight.shape[1]))
