@@ -63,10 +63,12 @@ def retarget(model: onnx.ModelProto, *, opset: int | None = None, ir_version: in
     version older than the opsets need."""
     if opset is not None and opset != default_opset(model):
         older = opset < default_opset(model)
+        converted = _relabel(model, opset) if older else None
         try:
-            converted = version_converter.convert_version(model, opset)
-            onnx.checker.check_model(converted)
-        except Exception as err:  # noqa: BLE001 — the converter raises bare RuntimeErrors
+            if converted is None:
+                converted = version_converter.convert_version(model, opset)
+            onnx.checker.check_model(converted, full_check=True)
+        except Exception as err:
             raise Tm2OnnxError(f"cannot convert to opset {opset}: {str(err).splitlines()[0]}",
                                where=source, hint="try a nearer opset") from err
         converted.ir_version = ir_version_for(converted, 0 if older else model.ir_version)
@@ -79,6 +81,48 @@ def retarget(model: onnx.ModelProto, *, opset: int | None = None, ir_version: in
                                hint="add --opset N with an older opset as well")
         model.ir_version = ir_version
     return model
+
+
+# (op, version) whose change from the version before only added types, or an attribute whose
+# absence (or the value given) means the old behaviour: a node not using it runs the same at the
+# older opset. onnx's version converter has no downgrade adapter for most of these.
+_COMPATIBLE_CHANGES: dict[tuple[str, int], dict[str, object]] = {
+    **{(op, 14): {} for op in ("Add", "Sub", "Mul", "Div", "Relu", "Identity", "CumSum")},
+    **{(op, 16): {} for op in ("Identity", "Where", "LeakyRelu", "PRelu", "Less", "Greater",
+                               "LessOrEqual", "GreaterOrEqual")},
+    ("Pow", 15): {}, ("Reshape", 14): {"allowzero": 0}, ("Shape", 15): {"start": None, "end": None},
+}
+
+
+def _relabel(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
+    """`model` stamped `opset` when every node means the same there (only type-adding or unused
+    changes in between, checked per node); None when any node needs onnx's converter."""
+    if model.graph.node and any(not _same_at(node, default_opset(model), opset)
+                                for node in model.graph.node):
+        return None
+    relabeled = onnx.ModelProto.FromString(model.SerializeToString())
+    for entry in relabeled.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = opset
+    return relabeled
+
+
+def _same_at(node: onnx.NodeProto, current: int, target: int) -> bool:
+    if node.domain not in ("", "ai.onnx"):
+        return False
+    try:
+        since = onnx.defs.get_schema(node.op_type, current).since_version
+        floor = onnx.defs.get_schema(node.op_type, target).since_version
+    except onnx.defs.SchemaError:
+        return False
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    while since > floor:
+        rule = _COMPATIBLE_CHANGES.get((node.op_type, since))
+        if rule is None or any(name in attrs and attrs[name] != value
+                               for name, value in rule.items()):
+            return False
+        since = onnx.defs.get_schema(node.op_type, since - 1).since_version
+    return True
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -14,9 +14,18 @@ from .cleanup import dedupe_constants, default_limit, fold_constants
 from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
-from .graphops import may_fold
-from .patterns import (adopt_outputs, const_array, detach, is_graph_output, name_maker, nodes_of,
-                       only_consumer, producer, replace_uses)
+from .graphops import may_fold, toposort
+from .patterns import (
+    adopt_outputs,
+    const_array,
+    detach,
+    is_graph_output,
+    name_maker,
+    nodes_of,
+    only_consumer,
+    producer,
+    replace_uses,
+)
 from .report import TransformReport, label
 
 
@@ -85,7 +94,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     fuse_matmul_add(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
-        drop_dead(graph)
+        toposort(drop_dead(graph))
     return report
 
 
