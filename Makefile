@@ -12,7 +12,7 @@ ONNX_VENV   ?= .venv-onnx
 ONNX_PY     := $(ONNX_VENV)/bin/python
 ONNX_STAMP  := $(ONNX_VENV)/.installed
 
-.PHONY: demo test test-onnx venv onnx-venv models bench lint clean
+.PHONY: demo test test-onnx venv onnx-venv models bench bench-peers lint clean
 
 venv: $(STAMP)
 
@@ -55,8 +55,18 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/transforms_bench.py
 
+# deploy vs onnxsim/onnxslim on torchvision/timm/transformers files exported in the bench.
+# Its own venv (torch wheels are large; PEERS_TORCH=/path/to/torch-cpu.whl avoids CUDA ones).
+PEERS_VENV  ?= .venv-peers
+PEERS_TORCH ?= torch
+bench-peers:
+	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
+	  [ -x "$(PEERS_VENV)/bin/python" ] || "$$PYX" -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet "$(PEERS_TORCH)" -e ".[peers]"
+	$(PEERS_VENV)/bin/python bench/onnx_peers.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench
 
 clean:
-	rm -rf $(VENV) $(ONNX_VENV) out build *.egg-info
+	rm -rf $(VENV) $(ONNX_VENV) $(PEERS_VENV) out build *.egg-info

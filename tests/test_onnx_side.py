@@ -49,3 +49,16 @@ def test_export_without_megengine_says_what_to_install(tmp_path):
     assert result["rc"] == 2 and not (tmp_path / "m.onnx").exists()
     [line] = stderr.strip().splitlines()
     assert "export needs MegEngine" in line and 'pip install "tm2onnx[megengine]"' in line
+
+
+def test_export_stamps_the_lowest_ir_version_its_opset_needs(megengine):
+    # Regression: export stamped IR 10 whatever the opset; onnxruntime 1.15 (IR <= 9) refused.
+    import tm2onnx
+    from models.make_models import build
+    from tm2onnx.runtime import random_feeds, run_model
+
+    traced, _ = build("conv_bn_relu")
+    for opset, ir_version in ((13, 7), (17, 8)):
+        model = tm2onnx.export(traced, opset=opset)
+        assert model.ir_version == ir_version
+        run_model(model, random_feeds(model, seed=0))  # onnxruntime loads it

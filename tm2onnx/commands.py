@@ -252,7 +252,7 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
     from .exporter import save_model
 
     target = out_path(args.output)
-    if not csv(args.passes):
+    if not (csv(args.passes) or args.opset or args.target_ir or args.input_shape):
         raise Tm2OnnxError("no --passes given", hint="e.g. --passes deploy "
                            "(list them with 'tm2onnx transforms')")
     loaded = load_onnx(args.model)

@@ -88,14 +88,15 @@ def fold_constants(graph: gs.Graph, limit: int) -> None:
         G_LOGGER.severity = level
 
 
-def _shape_of(tensor: gs.Tensor) -> tuple[int, ...] | None:
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """A constant's shape, or a variable's when every dim is a known size; else None."""
     value = const_array(tensor)
     if value is not None:
         return value.shape
     shape = tensor.shape
-    if shape is None or any(not isinstance(d, int) for d in shape):
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
         return None
-    return tuple(shape)
+    return tuple(int(d) for d in shape)
 
 
 def _itemsize(tensor: gs.Tensor, default: int = 8) -> int:
@@ -111,7 +112,7 @@ def expanded_bytes(node: gs.Node) -> int | None:
     if node.op == "ConstantOfShape":
         shape = const_array(node.inputs[0])
         return None if shape is None else int(np.prod(shape, dtype=np.int64)) * 8
-    data = _shape_of(node.inputs[0])
+    data = static_shape(node.inputs[0])
     arg = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if data is None or arg is None:
         return None

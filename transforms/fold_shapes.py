@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import transform
-from .cleanup import dedupe_constants, default_limit, fold_constants
+from .cleanup import dedupe_constants, default_limit, fold_constants, static_shape
 from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
@@ -29,19 +29,9 @@ from .patterns import (
 from .report import TransformReport, label
 
 
-def _static(tensor: gs.Tensor) -> tuple[int, ...] | None:
-    value = const_array(tensor)
-    if value is not None:
-        return value.shape
-    shape = tensor.shape
-    if shape is None or not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
-        return None
-    return tuple(int(d) for d in shape)
-
-
 def _same_static_shape(node: gs.Node) -> bool:
-    shape = _static(node.inputs[0])
-    return shape is not None and shape == _static(node.outputs[0])
+    shape = static_shape(node.inputs[0])
+    return shape is not None and shape == static_shape(node.outputs[0])
 
 
 def _identity_perm(node: gs.Node) -> bool:
@@ -148,7 +138,7 @@ def fuse_matmul_add(graph: gs.Graph, report: TransformReport) -> None:
 def _gemm_ready(matmul: gs.Node, add: gs.Node) -> bool:
     if len(matmul.inputs) != 2 or len(add.inputs) != 2:
         return False
-    a, weight = _static(matmul.inputs[0]), const_array(matmul.inputs[1])
+    a, weight = static_shape(matmul.inputs[0]), const_array(matmul.inputs[1])
     rank = len(matmul.inputs[0].shape) if matmul.inputs[0].shape is not None else None
     bias_tensor = add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0]
     bias = const_array(bias_tensor)

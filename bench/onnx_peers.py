@@ -1,0 +1,183 @@
+"""Third-party ONNX files (torchvision, timm, transformers; random weights, exported here with
+torch.onnx's legacy exporter at opset 17) through `deploy`, onnxsim and onnxslim side by side:
+node counts, file sizes, whether outputs match, onnxruntime latency (ORT_ENABLE_ALL)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tm2onnx.runtime import make_session, random_feeds, run_model
+from tm2onnx.transforms import run_pipeline
+
+PEERS = ("onnxsim", "onnxslim")
+TOLERANCE = 1e-4  # max abs difference vs the exported file, all outputs (fp32)
+
+
+def _torchvision(name: str, size: int = 224, **kwargs) -> Callable[[], tuple]:
+    def build():
+        import torch
+        import torchvision
+
+        net = getattr(torchvision.models, name)(weights=None, **kwargs)
+        return net, (torch.randn(1, 3, size, size),)
+    return build
+
+
+def _detector(name: str, size: int) -> Callable[[], tuple]:
+    def build():
+        import torch
+        import torchvision
+
+        net = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None)
+        return net, ([torch.rand(3, size, size)],)
+    return build
+
+
+def _timm(name: str) -> Callable[[], tuple]:
+    def build():
+        import timm
+        import torch
+
+        return timm.create_model(name, pretrained=False), (torch.randn(1, 3, 224, 224),)
+    return build
+
+
+def _bert_tiny() -> tuple:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=512, vocab_size=1000)
+    ids = torch.randint(0, 1000, (1, 64))
+    return BertModel(config), (ids, torch.ones_like(ids))
+
+
+MODELS: dict[str, Callable[[], tuple]] = {
+    "resnet18": _torchvision("resnet18"),
+    "convnext_tiny": _torchvision("convnext_tiny"),
+    "vit_b_16": _torchvision("vit_b_16"),
+    "efficientvit_m0 (timm)": _timm("efficientvit_m0"),
+    "ssdlite320": _detector("ssdlite320_mobilenet_v3_large", 320),
+    "fasterrcnn_mobilenet_320": _detector("fasterrcnn_mobilenet_v3_large_320_fpn", 320),
+    "bert-tiny (transformers)": _bert_tiny,
+}
+
+
+def export(build: Callable[[], tuple]) -> onnx.ModelProto:
+    import torch
+
+    torch.manual_seed(0)
+    net, args = build()
+    net.eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(net, args, buffer, dynamo=False, opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxsim
+
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise RuntimeError("onnxsim's own check failed")
+    return simplified
+
+
+def _onnxslim(model: onnx.ModelProto) -> onnx.ModelProto:
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+RUNNERS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
+    "deploy": lambda model: run_pipeline(model, ["deploy"])[0],
+    "onnxsim": _onnxsim,
+    "onnxslim": _onnxslim,
+}
+
+
+def latency_ms(model: onnx.ModelProto, feeds: dict, runs: int) -> float:
+    session = make_session(model, opt_level="all", threads=2)
+    session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def max_diff(reference: dict, got: dict) -> float:
+    worst = 0.0
+    for (name, ref), out in zip(reference.items(), got.values()):
+        if ref.shape != out.shape:
+            return float("inf")
+        if ref.size:
+            worst = max(worst, float(np.abs(ref.astype(np.float64) - out).max()))
+    return worst
+
+
+def measure(name: str, raw: onnx.ModelProto, runs: int) -> list[str]:
+    feeds = random_feeds(raw, seed=0)
+    reference = run_model(raw, feeds, opt_level="disable")
+    cells = [name, str(len(raw.graph.node)), f"{raw.ByteSize() / 2**20:.1f}"]
+    counts = {}
+    for peer, runner in RUNNERS.items():
+        if peer in PEERS and not importlib.util.find_spec(peer):
+            cells.append("not installed")
+            continue
+        try:
+            start = time.perf_counter()
+            out = runner(raw)
+            seconds = time.perf_counter() - start
+            diff = max_diff(reference, run_model(out, feeds, opt_level="disable"))
+        except Exception as err:  # noqa: BLE001 — a failure is a result to print
+            cells.append(f"failed: {str(err).splitlines()[0][:40]}")
+            continue
+        counts[peer] = len(out.graph.node)
+        ok = "ok" if diff <= TOLERANCE else f"DIFF {diff:.1e}"
+        extra = ""
+        if peer == "deploy":
+            extra = (f", ORT-all {latency_ms(raw, feeds, runs):.1f}→"
+                     f"{latency_ms(out, feeds, runs):.1f} ms")
+        cells.append(f"{len(out.graph.node)} nodes, {out.ByteSize() / 2**20:.1f} MB, "
+                     f"{seconds:.1f} s, {ok}{extra}")
+    best = min((counts[p] for p in PEERS if p in counts), default=None)
+    verdict = "-" if best is None or "deploy" not in counts else (
+        "≤ best peer" if counts["deploy"] <= best else f"+{counts['deploy'] - best} vs best")
+    return [*cells, verdict]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--runs", type=int, default=5, help="latency runs per model")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",")] if args.models else list(MODELS)
+    header = ["model", "nodes", "MB", *RUNNERS, "deploy vs peers"]
+    print(" | ".join(header), flush=True)
+    for name in names:
+        try:
+            raw = export(MODELS[name])
+        except Exception as err:  # noqa: BLE001
+            print(f"{name} | export failed: {str(err).splitlines()[0][:80]}", flush=True)
+            continue
+        print(" | ".join(measure(name, raw, args.runs)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
