@@ -25,10 +25,52 @@ PEERS = ("onnxsim", "onnxslim")
 TOLERANCE = 1e-4  # max abs difference vs the exported file, all outputs (fp32)
 
 
+def _nms(dets, scores, iou_threshold: float):
+    """torchvision's nms in plain torch (greedy, highest score first)."""
+    import torch
+
+    x1, y1, x2, y2 = dets.unbind(1)
+    areas = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    suppressed = torch.zeros(len(dets), dtype=torch.bool)
+    keep = []
+    for i in scores.argsort(descending=True).tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        w = (torch.minimum(x2[i], x2) - torch.maximum(x1[i], x1)).clamp(min=0)
+        h = (torch.minimum(y2[i], y2) - torch.maximum(y1[i], y1)).clamp(min=0)
+        suppressed |= w * h / (areas[i] + areas - w * h) > iou_threshold
+    return torch.tensor(keep, dtype=torch.int64)
+
+
+def import_torchvision():
+    """torchvision; when its compiled ops cannot load (a CUDA torchvision wheel beside a CPU
+    torch), nms is defined in Python and roi_align uses torchvision's own Python fallback, so
+    the detectors still trace (their ONNX still has NonMaxSuppression)."""
+    import torch
+
+    try:
+        import torchvision
+        return torchvision
+    except RuntimeError:
+        for name in [m for m in sys.modules if m.startswith("torchvision")]:
+            del sys.modules[name]
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.impl("nms", _nms, "CPU")
+    import torchvision
+    from torchvision.ops import boxes
+
+    boxes._assert_has_ops = lambda: None
+    torchvision._bench_ops_library = lib
+    return torchvision
+
+
 def _torchvision(name: str, size: int = 224, **kwargs) -> Callable[[], tuple]:
     def build():
         import torch
-        import torchvision
+        torchvision = import_torchvision()
 
         net = getattr(torchvision.models, name)(weights=None, **kwargs)
         return net, (torch.randn(1, 3, size, size),)
@@ -38,7 +80,7 @@ def _torchvision(name: str, size: int = 224, **kwargs) -> Callable[[], tuple]:
 def _detector(name: str, size: int) -> Callable[[], tuple]:
     def build():
         import torch
-        import torchvision
+        torchvision = import_torchvision()
 
         net = getattr(torchvision.models.detection, name)(weights=None, weights_backbone=None)
         return net, ([torch.rand(3, size, size)],)
@@ -47,6 +89,7 @@ def _detector(name: str, size: int) -> Callable[[], tuple]:
 
 def _timm(name: str) -> Callable[[], tuple]:
     def build():
+        import_torchvision()  # timm imports it
         import timm
         import torch
 
@@ -56,12 +99,14 @@ def _timm(name: str) -> Callable[[], tuple]:
 
 def _bert_tiny() -> tuple:
     import torch
+
+    import_torchvision()  # transformers imports it
     from transformers import BertConfig, BertModel
 
     config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, vocab_size=1000)
     ids = torch.randint(0, 1000, (1, 64))
-    return BertModel(config), (ids, torch.ones_like(ids))
+    return BertModel(config), (ids, {"attention_mask": torch.ones_like(ids)})
 
 
 MODELS: dict[str, Callable[[], tuple]] = {

@@ -68,7 +68,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand reusing the weights,
     fuse 2-D MatMul+Add into Gemm; never folds an initializer that is also a graph input."""
     report = TransformReport("fold-shapes", verb="removed")
-    infer_onto(graph)
+    if needs_shapes(graph):
+        infer_onto(graph)
     remove_no_ops(graph, report)
     drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
     if may_fold(graph):
@@ -79,13 +80,26 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         drop_dead(graph)
         kept = {id(n) for n in graph.nodes}
         report.rewritten += [labels[key] for key in before if key not in kept]
-        infer_onto(graph)
+        if needs_shapes(graph):
+            infer_onto(graph)
         remove_no_ops(graph, report)
     fuse_matmul_add(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
     return report
+
+
+# Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
+_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul"})
+
+
+def needs_shapes(graph: gs.Graph) -> bool:
+    """Whether shape inference (an export plus onnx's pass) could change anything: a node
+    above reads or writes a variable of unknown shape. Conv/Relu ladders skip it."""
+    return any(node.op in _SHAPE_USERS and any(
+        isinstance(t, gs.Variable) and t.shape is None for t in (*node.inputs, *node.outputs))
+        for node in graph.nodes)
 
 
 def remove_no_ops(graph: gs.Graph, report: TransformReport) -> None:
