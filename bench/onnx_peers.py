@@ -43,6 +43,10 @@ def _nms(dets, scores, iou_threshold: float):
     return torch.tensor(keep, dtype=torch.int64)
 
 
+def _ops_present() -> None:
+    pass
+
+
 def import_torchvision():
     """torchvision; when its compiled ops cannot load (a CUDA torchvision wheel beside a CPU
     torch), nms is defined in Python and roi_align uses torchvision's own Python fallback, so
@@ -62,7 +66,7 @@ def import_torchvision():
     import torchvision
     from torchvision.ops import boxes
 
-    boxes._assert_has_ops = lambda: None
+    boxes._assert_has_ops = _ops_present  # a def, not a lambda: batched_nms gets scripted
     torchvision._bench_ops_library = lib
     return torchvision
 
@@ -105,8 +109,16 @@ def _bert_tiny() -> tuple:
 
     config = BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=512, vocab_size=1000)
+    class Encoder(torch.nn.Module):  # keyword arguments only: BertModel's order changes
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = BertModel(config)
+
+        def forward(self, ids, mask):
+            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
     ids = torch.randint(0, 1000, (1, 64))
-    return BertModel(config), (ids, {"attention_mask": torch.ones_like(ids)})
+    return Encoder(), (ids, torch.ones_like(ids))
 
 
 MODELS: dict[str, Callable[[], tuple]] = {
@@ -124,6 +136,7 @@ def export(build: Callable[[], tuple]) -> onnx.ModelProto:
     import torch
 
     torch.manual_seed(0)
+    torch.backends.mha.set_fastpath_enabled(False)  # eval-mode MHA fast path has no ONNX op
     net, args = build()
     net.eval()
     buffer = io.BytesIO()

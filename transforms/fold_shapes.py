@@ -51,6 +51,18 @@ def _inference_dropout(node: gs.Node) -> bool:
     return not mask_used and training is not None and not bool(np.any(training))
 
 
+def _zero_pads(node: gs.Node) -> bool:
+    pads = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
+    mode = node.attrs.get("mode", "constant")
+    return pads is not None and not np.any(pads) and mode in ("constant", b"constant")
+
+
+def _whole_slice(node: gs.Node) -> bool:
+    """Same static shape in and out with unit steps: every element kept, in order."""
+    steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4].name else 1
+    return steps is not None and bool(np.all(steps == 1)) and _same_static_shape(node)
+
+
 # op -> is this node computing its first input unchanged?
 NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
     "Identity": lambda node: True,
@@ -59,7 +71,12 @@ NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
     "Reshape": _same_static_shape,
     "Expand": _same_static_shape,
     "Transpose": _identity_perm,
+    "Pad": _zero_pads,
+    "Slice": _whole_slice,
 }
+
+
+MAX_ROUNDS = 4
 
 
 @transform("fold-shapes")
@@ -68,26 +85,51 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand reusing the weights,
     fuse 2-D MatMul+Add into Gemm; never folds an initializer that is also a graph input."""
     report = TransformReport("fold-shapes", verb="removed")
-    if needs_shapes(graph):
-        infer_onto(graph)
-    remove_no_ops(graph, report)
-    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
-    if may_fold(graph):
-        labels = {id(n): label(n) for n in graph.nodes}
-        before = [id(n) for n in graph.nodes]
-        limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
-        fold_constants(graph, limit)
-        drop_dead(graph)
-        kept = {id(n) for n in graph.nodes}
-        report.rewritten += [labels[key] for key in before if key not in kept]
+    # Each fold can pin shapes that the next inference turns into constants: a few rounds.
+    for _ in range(MAX_ROUNDS):
         if needs_shapes(graph):
             infer_onto(graph)
         remove_no_ops(graph, report)
+        merge_reshapes(graph, report)
+        drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+        if not may_fold(graph):
+            break
+        before = len(report.rewritten)
+        limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
+        _fold_counting(graph, limit, report)
+        if len(report.rewritten) == before:  # nothing folded: inference learns nothing new
+            break
     fuse_matmul_add(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
     return report
+
+
+def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None:
+    labels = {id(n): label(n) for n in graph.nodes}
+    before = [id(n) for n in graph.nodes]
+    fold_constants(graph, limit)
+    drop_dead(graph)
+    kept = {id(n) for n in graph.nodes}
+    report.rewritten += [labels[key] for key in before if key not in kept]
+
+
+def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
+    """Reshape(Reshape(x, a), b) -> Reshape(x, b) when the inner result has no other reader
+    and `b` is a constant that copies no dim from it (no 0, or allowzero=1)."""
+    for outer in nodes_of(graph, "Reshape"):
+        if len(outer.inputs) < 2:
+            continue  # bypassed as a no-op
+        inner = producer(outer.inputs[0], op="Reshape")
+        target = const_array(outer.inputs[1]) if len(outer.inputs) > 1 else None
+        if inner is None or target is None or only_consumer(inner.outputs[0], graph) is None:
+            continue
+        if np.any(target == 0) and not outer.attrs.get("allowzero", 0):
+            continue
+        outer.inputs[0] = inner.inputs[0]
+        detach(inner)
+        report.rewrote(inner)
 
 
 # Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
@@ -96,10 +138,11 @@ _SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul"
 
 def needs_shapes(graph: gs.Graph) -> bool:
     """Whether shape inference (an export plus onnx's pass) could change anything: a node
-    above reads or writes a variable of unknown shape. Conv/Relu ladders skip it."""
+    above reads or writes a variable whose shape is not fully known. Conv/Relu ladders skip
+    it."""
     return any(node.op in _SHAPE_USERS and any(
-        isinstance(t, gs.Variable) and t.shape is None for t in (*node.inputs, *node.outputs))
-        for node in graph.nodes)
+        isinstance(t, gs.Variable) and static_shape(t) is None
+        for t in (*node.inputs, *node.outputs)) for node in graph.nodes)
 
 
 def remove_no_ops(graph: gs.Graph, report: TransformReport) -> None:

@@ -176,7 +176,7 @@ def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
 
 def infer_onto(graph: gs.Graph) -> int:
     """Run ONNX shape inference once (symbolic dims kept as names, unknown ones None) and give
-    every variable without a shape the inferred dtype and shape; returns how many got one."""
+    every variable the inferred shape where it knows more sizes; returns how many changed."""
     model = gs.export_onnx(live_view(graph), do_type_check=False)
     model.ir_version = IR_VERSION
     try:
@@ -189,11 +189,18 @@ def infer_onto(graph: gs.Graph) -> int:
     for node in graph.nodes:
         for tensor in node.outputs:
             found = known.get(tensor.name)
-            if found is None or isinstance(tensor, gs.Constant) or tensor.shape is not None:
+            if found is None or isinstance(tensor, gs.Constant):
                 continue
-            tensor.shape = [d.dim_value if d.HasField("dim_value") else
-                            (d.dim_param or None) for d in found.shape.dim]
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                     for d in found.shape.dim]
+            if _sizes_known(shape) > _sizes_known(tensor.shape):
+                tensor.shape = shape
+                count += 1
             if tensor.dtype is None and found.elem_type:
                 tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(found.elem_type)
-            count += 1
     return count
+
+
+def _sizes_known(shape: list | None) -> int:
+    """-1 for no shape, else how many dims have a known size (a rank alone counts 0)."""
+    return -1 if shape is None else sum(isinstance(d, int) for d in shape)

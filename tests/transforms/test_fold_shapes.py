@@ -119,3 +119,20 @@ def test_ir_version_is_the_inputs():
     out, _ = run_pipeline(model, ["deploy"])
     assert ops(out) == ["Relu"] and out.ir_version == 8
     assert all(d.domain in ("", "ai.onnx") for d in out.opset_import)
+
+
+def test_reshape_chains_merge_and_zero_pads_and_whole_slices_go():
+    model = model_of("""g (float[2,3,4] x) => (float[2,12] y, float[6,2,2] z)
+      <int64[2] a = {6, 4}, int64[2] b = {2, 12}, int64[3] keep = {0, 2, 2},
+       int64[6] pads = {0, 0, 0, 0, 0, 0}, int64[1] s0 = {0}, int64[1] s1 = {4}> {
+        p = Pad (x, pads)
+        q = Slice (p, s0, s1)
+        r1 = Reshape (q, a)
+        y = Reshape (r1, b)
+        r2 = Reshape (x, a)
+        z = Reshape (r2, keep)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # y's chain becomes one Reshape; z copies dim 0 (6) from r2, so r2 -> z stays.
+    assert ops(out) == ["Reshape", "Reshape", "Reshape"], report.details()
+    assert_same_function(model, out, **FP32)
