@@ -63,16 +63,39 @@ def _whole_slice(node: gs.Node) -> bool:
     return steps is not None and bool(np.all(steps == 1)) and _same_static_shape(node)
 
 
-# op -> is this node computing its first input unchanged?
-NO_OPS: dict[str, Callable[[gs.Node], bool]] = {
-    "Identity": lambda node: True,
-    "Dropout": _inference_dropout,
-    "Cast": _same_dtype,
-    "Reshape": _same_static_shape,
-    "Expand": _same_static_shape,
-    "Transpose": _identity_perm,
-    "Pad": _zero_pads,
-    "Slice": _whole_slice,
+def _first(test: Callable[[gs.Node], bool]) -> Callable[[gs.Node], int | None]:
+    return lambda node: 0 if test(node) else None
+
+
+def _unit_operand(unit: float, sides: tuple[int, ...]) -> Callable[[gs.Node], int | None]:
+    """x+0, 0+x, x-0, x*1, 1*x, x/1: the index of x when the other input is a constant equal
+    to `unit` everywhere and the output has x's static shape (no broadcast grows it)."""
+    def passed_through(node: gs.Node) -> int | None:
+        for side in sides:
+            value = const_array(node.inputs[side])
+            if value is not None and value.size and bool(np.all(value == unit)):
+                kept = node.inputs[1 - side]
+                shape = static_shape(kept)
+                if shape is not None and shape == static_shape(node.outputs[0]):
+                    return 1 - side
+        return None
+    return passed_through
+
+
+# op -> the index of the input this node passes through unchanged, or None.
+NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
+    "Identity": lambda node: 0,
+    "Dropout": _first(_inference_dropout),
+    "Cast": _first(_same_dtype),
+    "Reshape": _first(_same_static_shape),
+    "Expand": _first(_same_static_shape),
+    "Transpose": _first(_identity_perm),
+    "Pad": _first(_zero_pads),
+    "Slice": _first(_whole_slice),
+    "Add": _unit_operand(0, (1, 0)),
+    "Sub": _unit_operand(0, (1,)),
+    "Mul": _unit_operand(1, (1, 0)),
+    "Div": _unit_operand(1, (1,)),
 }
 
 
@@ -89,8 +112,9 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     for _ in range(MAX_ROUNDS):
         if needs_shapes(graph):
             infer_onto(graph)
-        remove_no_ops(graph, report)
         merge_reshapes(graph, report)
+        merge_transposes(graph, report)
+        remove_no_ops(graph, report)
         drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
         if not may_fold(graph):
             break
@@ -132,15 +156,33 @@ def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
         report.rewrote(inner)
 
 
+def merge_transposes(graph: gs.Graph, report: TransformReport) -> None:
+    """Transpose(Transpose(x, p), q) -> Transpose(x, p[q]) when the inner result has no other
+    reader (an identity result then goes as a no-op)."""
+    for outer in nodes_of(graph, "Transpose"):
+        inner = producer(outer.inputs[0], op="Transpose") if outer.inputs else None
+        if inner is None or only_consumer(inner.outputs[0], graph) is None:
+            continue
+        p, q = inner.attrs.get("perm"), outer.attrs.get("perm")
+        if p is None or q is None or len(p) != len(q):
+            continue
+        outer.attrs["perm"] = [int(p[axis]) for axis in q]
+        outer.inputs[0] = inner.inputs[0]
+        detach(inner)
+        report.rewrote(inner)
+
+
 # Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
-_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul"})
+_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice"})
+_UNIT_OPS = frozenset({"Add", "Sub", "Mul", "Div"})  # x+0, x*1, ... with a constant operand
 
 
 def needs_shapes(graph: gs.Graph) -> bool:
     """Whether shape inference (an export plus onnx's pass) could change anything: a node
     above reads or writes a variable whose shape is not fully known. Conv/Relu ladders skip
     it."""
-    return any(node.op in _SHAPE_USERS and any(
+    return any((node.op in _SHAPE_USERS or (node.op in _UNIT_OPS and any(
+        isinstance(t, gs.Constant) for t in node.inputs))) and any(
         isinstance(t, gs.Variable) and static_shape(t) is None
         for t in (*node.inputs, *node.outputs)) for node in graph.nodes)
 
@@ -149,16 +191,18 @@ def remove_no_ops(graph: gs.Graph, report: TransformReport) -> None:
     """Bypass every node NO_OPS says computes its input unchanged: readers get the input
     tensor itself (a weight stays one initializer); a graph output keeps its name."""
     for node in nodes_of(graph, *NO_OPS):
-        if not node.inputs or not node.outputs or not NO_OPS[node.op](node):
+        if not node.inputs or not node.outputs:
             continue
-        if (reason := _bypass(graph, node)) is not None:
+        if (index := NO_OPS[node.op](node)) is None:
+            continue
+        if (reason := _bypass(graph, node, node.inputs[index])) is not None:
             report.skip(node, reason)
         else:
             report.rewrote(node)
 
 
-def _bypass(graph: gs.Graph, node: gs.Node) -> str | None:
-    source, out = node.inputs[0], node.outputs[0]
+def _bypass(graph: gs.Graph, node: gs.Node, source: gs.Tensor) -> str | None:
+    out = node.outputs[0]
     if not is_graph_output(graph, out):
         detach(node)
         replace_uses(out, source)

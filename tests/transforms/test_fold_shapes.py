@@ -136,3 +136,24 @@ def test_reshape_chains_merge_and_zero_pads_and_whole_slices_go():
     # y's chain becomes one Reshape; z copies dim 0 (6) from r2, so r2 -> z stays.
     assert ops(out) == ["Reshape", "Reshape", "Reshape"], report.details()
     assert_same_function(model, out, **FP32)
+
+
+def test_unit_operands_and_transpose_pairs_go_broadcasts_stay():
+    model = model_of("""g (float[2,3] x, float[1,3] s) => (float[2,3] y, float[3,2] z, float[2,3] w)
+      <float[3] zero = {0, 0, 0}, float one = {1}, float[2,3] zeros = {0, 0, 0, 0, 0, 0}> {
+        a = Add (zero, x)
+        m = Mul (a, one)
+        t1 = Transpose <perm = [1, 0]> (m)
+        t2 = Transpose <perm = [1, 0]> (t1)
+        y = Div (t2, one)
+        z = Transpose <perm = [1, 0]> (y)
+        w = Add (s, zeros)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # y = x, but a graph output fed by a graph input keeps its node; z = x^T; w's Add
+    # broadcasts s to [2,3], so it is not a no-op.
+    assert sorted(ops(out)) == ["Add", "Div", "Transpose"], report.details()
+    assert [o.name for o in out.graph.output] == ["y", "z", "w"]
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    s = np.random.default_rng(1).normal(size=(1, 3)).astype(np.float32)
+    assert_matches(run_ort(model, {"x": x, "s": s}), run_ort(out, {"x": x, "s": s}), **FP32)
