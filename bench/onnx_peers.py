@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.transforms_bench import interleaved_medians
 from tm2onnx.runtime import make_session, random_feeds, run_model
 from tm2onnx.transforms import run_pipeline
 
@@ -167,15 +167,13 @@ RUNNERS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {
 }
 
 
-def latency_ms(model: onnx.ModelProto, feeds: dict, runs: int) -> float:
-    session = make_session(model, opt_level="all", threads=2)
-    session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def latency_ms(before: onnx.ModelProto, after: onnx.ModelProto, feeds: dict, runs: int
+               ) -> tuple[float, float]:
+    """Median ms of both at ORT_ENABLE_ALL, runs interleaved so machine load hits both alike."""
+    sessions = {key: make_session(model, opt_level="all", threads=2)
+                for key, model in (("before", before), ("after", after))}
+    medians = interleaved_medians(sessions, feeds, runs)
+    return medians["before"] * 1e3, medians["after"] * 1e3
 
 
 def max_diff(reference: dict, got: dict) -> float:
@@ -209,8 +207,8 @@ def measure(name: str, raw: onnx.ModelProto, runs: int) -> list[str]:
         ok = "ok" if diff <= TOLERANCE else f"DIFF {diff:.1e}"
         extra = ""
         if peer == "deploy":
-            extra = (f", ORT-all {latency_ms(raw, feeds, runs):.1f}→"
-                     f"{latency_ms(out, feeds, runs):.1f} ms")
+            before, after = latency_ms(raw, out, feeds, runs)
+            extra = f", ORT-all {before:.1f}→{after:.1f} ms"
         cells.append(f"{len(out.graph.node)} nodes, {out.ByteSize() / 2**20:.1f} MB, "
                      f"{seconds:.1f} s, {ok}{extra}")
     best = min((counts[p] for p in PEERS if p in counts), default=None)
@@ -222,7 +220,7 @@ def measure(name: str, raw: onnx.ModelProto, runs: int) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
-    parser.add_argument("--runs", type=int, default=5, help="latency runs per model")
+    parser.add_argument("--runs", type=int, default=10, help="latency runs per model")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",")] if args.models else list(MODELS)
     header = ["model", "nodes", "MB", *RUNNERS, "deploy vs peers"]
