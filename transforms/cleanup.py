@@ -28,13 +28,13 @@ def cleanup(graph: gs.Graph, *, fold: bool = True, max_fold_bytes: int | None = 
     order = [id(n) for n in graph.nodes]
     labels = {id(n): label(n) for n in graph.nodes}
     merged = dedupe_constants(graph)
-    dead = _cleanup_counting(graph, labels)
+    dead = cleanup_counting(graph, labels)
     folded: list[str] = []
     # gs's folding copies the graph and starts onnxruntime even when nothing can fold.
     if fold and may_fold(graph):
         limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
         fold_constants(graph, limit)
-        folded = _cleanup_counting(graph, labels)
+        folded = cleanup_counting(graph, labels)
         merged += dedupe_constants(graph)  # gs's folding copies what it folds (Identity(W))
     toposort(graph)
     report.rewritten += merged + dead + folded
@@ -59,7 +59,7 @@ def dedupe_constants(graph: gs.Graph) -> list[str]:
     return merged
 
 
-def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
+def cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
     """gs's cleanup, returning the labels (taken before folding emptied them) of removed nodes."""
     before = [id(n) for n in graph.nodes]
     drop_dead(graph)

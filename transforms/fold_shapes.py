@@ -10,7 +10,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from . import transform
-from .cleanup import dedupe_constants, default_limit, fold_constants, static_shape
+from .cleanup import (
+    cleanup_counting,
+    dedupe_constants,
+    default_limit,
+    fold_constants,
+    static_shape,
+)
 from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
@@ -105,8 +111,9 @@ MAX_ROUNDS = 4
 @transform("fold-shapes")
 def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> TransformReport:
     """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
-    constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand reusing the weights,
-    fuse 2-D MatMul+Add into Gemm; never folds an initializer that is also a graph input."""
+    constant, drop no-ops (Identity, Dropout, same-type Cast, same-shape Reshape, x+0, ...)
+    reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm;
+    refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: a few rounds.
     for _ in range(MAX_ROUNDS):
@@ -132,11 +139,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
 
 def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None:
     labels = {id(n): label(n) for n in graph.nodes}
-    before = [id(n) for n in graph.nodes]
     fold_constants(graph, limit)
-    drop_dead(graph)
-    kept = {id(n) for n in graph.nodes}
-    report.rewritten += [labels[key] for key in before if key not in kept]
+    report.rewritten += cleanup_counting(graph, labels)
 
 
 def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
