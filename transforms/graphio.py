@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import onnx
@@ -161,10 +162,34 @@ def rank_finder(graph: gs.Graph) -> Callable[[gs.Tensor], int | None]:
     return rank
 
 
-def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
-    # A pass may be midway (detached nodes still listed), so infer on the live nodes only.
+# Initializers with more elements than this reach shape inference as typed inputs, not data:
+# inference reads only small (shape-like) values, and copying a ViT's 330 MB twice per pass
+# was most of its cost.
+INFERENCE_DATA_LIMIT = 1024
+
+
+def inference_model(graph: gs.Graph) -> onnx.ModelProto:
+    """The live nodes of `graph` (a pass may be midway) as a model for shape inference, large
+    initializers replaced by graph inputs of the same type and shape."""
     model = gs.export_onnx(live_view(graph), do_type_check=False)
     model.ir_version = IR_VERSION
+    keep, typed = [], []
+    for init in model.graph.initializer:
+        if math.prod(init.dims) <= INFERENCE_DATA_LIMIT or init.data_type == onnx.TensorProto.STRING:
+            keep.append(init)
+        else:
+            typed.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    if typed:
+        listed = {value.name for value in model.graph.input}
+        kept = [onnx.TensorProto.FromString(init.SerializeToString()) for init in keep]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        model.graph.input.extend(v for v in typed if v.name not in listed)
+    return model
+
+
+def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
+    model = inference_model(graph)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 — no ranks is a safe answer: callers then refuse
@@ -177,8 +202,7 @@ def _inferred_ranks(graph: gs.Graph) -> dict[str, int]:
 def infer_onto(graph: gs.Graph) -> int:
     """Run ONNX shape inference once (symbolic dims kept as names, unknown ones None) and give
     every variable the inferred shape where it knows more sizes; returns how many changed."""
-    model = gs.export_onnx(live_view(graph), do_type_check=False)
-    model.ir_version = IR_VERSION
+    model = inference_model(graph)
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 — no shapes is a safe answer: nothing then folds
