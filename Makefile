@@ -1,14 +1,22 @@
 # tm2onnx: `make demo` exports a bundled model and validates it; `make test` runs the suite.
-# Both build .venv (Python 3.10, MegEngine 1.13 needs it) when it is missing.
+# Both build .venv (Python 3.10, MegEngine 1.13 needs it) when it is missing; `make test` also
+# builds .venv-onnx (Python 3.12, numpy 2, no MegEngine) and runs the ONNX-side tests there.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 MODEL  ?= models/conv_bn_concat.tm
+# The core package on a current Python: what ONNX users run (numpy 2, no MegEngine).
+ONNX_PYTHON ?= 3.12
+ONNX_VENV   ?= .venv-onnx
+ONNX_PY     := $(ONNX_VENV)/bin/python
+ONNX_STAMP  := $(ONNX_VENV)/.installed
 
-.PHONY: demo test venv models bench lint clean
+.PHONY: demo test test-onnx venv onnx-venv models bench bench-peers lint clean
 
 venv: $(STAMP)
+
+onnx-venv: $(ONNX_STAMP)
 
 $(STAMP): pyproject.toml
 	@PY310="$$(bash .ci/find-python310)" || exit 1; \
@@ -17,13 +25,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[megengine,dev]"
 	@touch $(STAMP)
 
+$(ONNX_STAMP): pyproject.toml
+	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
+	  [ -x "$(ONNX_PY)" ] || { echo "creating $(ONNX_VENV) with $$PYX"; "$$PYX" -m venv $(ONNX_VENV); }
+	$(ONNX_PY) -m pip install --quiet --upgrade pip
+	$(ONNX_PY) -m pip install --quiet -e ".[megengine,dev]" "numpy>=2"
+	@touch $(ONNX_STAMP)
+
 demo: $(STAMP)
 	@mkdir -p out
 	$(VENV)/bin/tm2onnx export $(MODEL) -o out/demo.onnx --passes deploy --validate
 	$(VENV)/bin/tm2onnx where out/demo.onnx --op Concat
 
-test: $(STAMP)
+test: $(STAMP) $(ONNX_STAMP)
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-onnx
+
+# Selected by marker, not skipped into green: pytest exits 5 (failing make) if none is selected.
+test-onnx: $(ONNX_STAMP)
+	$(ONNX_PY) -c "import importlib.util as u, numpy; assert numpy.__version__ >= '2' \
+	  and not u.find_spec('megengine'), 'the ONNX-side venv must have numpy 2 and no MegEngine'"
+	$(ONNX_PY) -m pytest -q -m "onnx_side and not slow"
 
 models: $(STAMP)
 	$(PY) models/make_models.py
@@ -32,9 +54,21 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) bench/run.py
 	$(PY) bench/transforms_bench.py
+	$(PY) bench/localize_bench.py
+	$(PY) bench/quant_bench.py
+
+# deploy vs onnxsim/onnxslim on torchvision/timm/transformers files exported in the bench.
+# Its own venv (torch wheels are large; PEERS_TORCH=/path/to/torch-cpu.whl avoids CUDA ones).
+PEERS_VENV  ?= .venv-peers
+PEERS_TORCH ?= torch
+bench-peers:
+	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
+	  [ -x "$(PEERS_VENV)/bin/python" ] || "$$PYX" -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet "$(PEERS_TORCH)" -e ".[peers]"
+	$(PEERS_VENV)/bin/python bench/onnx_peers.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(ONNX_VENV) $(PEERS_VENV) out build *.egg-info

@@ -64,7 +64,7 @@ def test_export_with_deploy_passes_absorbs_constants(scale_tm, tmp_path, capsys)
     assert ops(onnx.load(out)) == ["Conv"]
 
 
-def test_export_missing_file_is_one_line_error(tmp_path, capsys):
+def test_export_missing_file_is_one_line_error(megengine, tmp_path, capsys):
     out = tmp_path / "x.onnx"
     assert main(["export", str(tmp_path / "nope.tm"), "-o", str(out), "-q"]) == 2
     err = capsys.readouterr().err.strip()
@@ -73,7 +73,7 @@ def test_export_missing_file_is_one_line_error(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_export_not_a_pickle(tmp_path, capsys):
+def test_export_not_a_pickle(megengine, tmp_path, capsys):
     bad = tmp_path / "bad.tm"
     bad.write_text("not a pickle")
     assert main(["export", str(bad), "-o", str(tmp_path / "x.onnx"), "-q"]) == 2

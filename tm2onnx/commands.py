@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -125,6 +127,20 @@ def _expanded_passes(args: argparse.Namespace) -> list[str]:
     return expand(csv(args.passes) or [])
 
 
+def require_megengine(what: str) -> None:
+    """One line naming what to install when MegEngine is missing (the core package runs on any
+    Python; MegEngine 1.13 only on 3.10)."""
+    try:
+        found = importlib.util.find_spec("megengine") is not None
+    except (ImportError, ValueError):  # ValueError: a stub module without a spec
+        found = False
+    if not found:
+        raise Tm2OnnxError(f"{what} needs MegEngine, which is not installed",
+                           hint='on Python 3.10: pip install "tm2onnx[megengine]" (MegEngine '
+                                '1.13 ships CPython 3.10 wheels only); ONNX-side commands '
+                                'work without it')
+
+
 def load_onnx(path: str) -> onnx.ModelProto:
     """The model (external data read in), refused up front when it fails onnx.checker."""
     return load_checked_onnx(path)[0]
@@ -200,6 +216,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 def export_command(args: argparse.Namespace, progress: Progress) -> int:
     from .exporter import export
 
+    require_megengine("export")
     target = output_target(args, [args.model])
     if args.validate and NOT_COMPARABLE.intersection(_expanded_passes(args)):
         raise Tm2OnnxError("--validate cannot compare a wrapped model with MegEngine",
@@ -273,6 +290,17 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="ONNX file to write")
     parser.add_argument("--validate", action="store_true",
                         help="run onnxruntime before and after every transform; fail on drift")
+    group = parser.add_argument_group("output conventions")
+    group.add_argument("--input-shape", action="append", metavar="NAME=D,D,..",
+                       help="bind an input's shape before the transforms (repeatable), e.g. "
+                            "x=1,3,224,224; a word keeps a dim symbolic")
+    group.add_argument("--opset", type=int, metavar="N",
+                       help="convert to opset N (onnx's version converter) after the transforms")
+    group.add_argument("--target-ir", type=int, metavar="N",
+                       help="stamp IR version N (default: the input's, raised only if the "
+                            "opset needs it), for older runtimes")
+    group.add_argument("--json", action="store_true",
+                       help="print the op-count table as JSON (other lines go to stderr)")
     _pass_options(parser)
     _validation_options(parser)
     add_write_options(parser)
@@ -280,23 +308,34 @@ def _optimize_arguments(parser: argparse.ArgumentParser) -> None:
 
 @command("optimize", "apply graph transforms to any ONNX model", _optimize_arguments)
 def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
+    from . import optimize
+
     target = output_target(args, [args.model])
-    if not csv(args.passes):
+    if not (csv(args.passes) or args.opset or args.target_ir or args.input_shape):
         raise Tm2OnnxError("no --passes given", hint="e.g. --passes deploy "
                            "(list them with 'tm2onnx transforms')")
-    original, external = load_checked_onnx(args.model)
+    loaded, external = load_checked_onnx(args.model)
+    original = optimize.bind_input_shapes(
+        loaded, optimize.parse_input_shapes(args.input_shape), args.model)
     model = run_passes(original, args, progress, args.validate)
+    model = optimize.retarget(model, opset=args.opset, ir_version=args.target_ir,
+                              source=args.model)
+    model = optimize.with_value_info(model)
+    log = sys.stderr if args.json else sys.stdout
     if args.validate:
         from .validate import against_onnx
 
         if not NOT_COMPARABLE.intersection(_expanded_passes(args)):
             report = against_onnx(model, original, subject=str(target), reference=args.model,
                                   **_tolerances(args, _expanded_passes(args)))
-            print(report)
+            print(report, file=log)
             if not report:
                 return EXIT_MISMATCH
     write_model(model, args, input_external=external)
-    print(f"wrote {target}: {len(original.graph.node)} -> {len(model.graph.node)} nodes")
+    rows = optimize.op_count_rows(loaded, model)
+    print(f"wrote {target}: {len(loaded.graph.node)} -> {len(model.graph.node)} nodes", file=log)
+    print(optimize.op_count_json(rows, input=args.model, output=str(target)) if args.json
+          else optimize.op_count_table(rows))
     return EXIT_OK
 
 

@@ -179,7 +179,9 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
     ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
     _undeclare_data_dependent(ctx.graph)
     model = gs.export_onnx(ctx.graph, do_type_check=True)
-    model.ir_version = ONNXRUNTIME_IR_VERSION
+    # The lowest IR version the opset needs, so every runtime that knows the opset loads it.
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import),
+                                                           ignore_unknown=True)
     model.producer_name, model.producer_version = "tm2onnx", __version__
     for node in model.graph.node:
         for key, value in ctx.provenance.get(node.name, {}).items():

@@ -108,7 +108,7 @@ def validate_command(args: argparse.Namespace, progress: Progress) -> int:
 
 def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict) -> Any:
     from ._quiet import silence_megengine_banner
-    from .commands import load_onnx
+    from .commands import load_onnx, require_megengine
     from .exporter import export
     from .options import load_tm
     from .runtime.inputs import input_specs
@@ -121,6 +121,7 @@ def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict)
     if args.reference_device:
         raise Tm2OnnxError("--reference-device applies to --against only",
                            hint="MegEngine runs on its own device")
+    require_megengine("validate --tm")
     silence_megengine_banner()
     progress.step(f"loading {tm_path}")
     traced = load_tm(tm_path, args)

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
@@ -12,7 +10,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from . import transform
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
-from .patterns import const_array, constants_in, is_graph_output, replace_uses
+from .patterns import const_array, const_key, constants_in, is_graph_output, replace_uses
 from .report import TransformReport, label
 
 # Folding never creates a constant bigger than this or than the largest existing one.
@@ -30,13 +28,14 @@ def cleanup(graph: gs.Graph, *, fold: bool = True, max_fold_bytes: int | None = 
     order = [id(n) for n in graph.nodes]
     labels = {id(n): label(n) for n in graph.nodes}
     merged = dedupe_constants(graph)
-    dead = _cleanup_counting(graph, labels)
+    dead = cleanup_counting(graph, labels)
     folded: list[str] = []
     # gs's folding copies the graph and starts onnxruntime even when nothing can fold.
     if fold and may_fold(graph):
-        limit = max_fold_bytes if max_fold_bytes is not None else _default_limit(graph)
-        _fold(graph, limit)
-        folded = _cleanup_counting(graph, labels)
+        limit = max_fold_bytes if max_fold_bytes is not None else default_limit(graph)
+        fold_constants(graph, limit)
+        folded = cleanup_counting(graph, labels)
+        merged += dedupe_constants(graph)  # gs's folding copies what it folds (Identity(W))
     toposort(graph)
     report.rewritten += merged + dead + folded
     if report.rewritten:
@@ -53,17 +52,14 @@ def dedupe_constants(graph: gs.Graph) -> list[str]:
     for const in list(constants_in(graph)):
         if is_graph_output(graph, const):
             continue
-        values = np.ascontiguousarray(const.values)
-        digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
-        key = (values.dtype.str, values.shape, digest)
-        keep = first.setdefault(key, const)
+        keep = first.setdefault(const_key(const.values), const)
         if keep is not const:
             replace_uses(const, keep)
             merged.append(const.name)
     return merged
 
 
-def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
+def cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
     """gs's cleanup, returning the labels (taken before folding emptied them) of removed nodes."""
     before = [id(n) for n in graph.nodes]
     drop_dead(graph)
@@ -71,12 +67,13 @@ def _cleanup_counting(graph: gs.Graph, labels: dict[int, str]) -> list[str]:
     return [labels[key] for key in before if key not in kept]
 
 
-def _default_limit(graph: gs.Graph) -> int:
+def default_limit(graph: gs.Graph) -> int:
     largest = max((c.values.nbytes for c in constants_in(graph)), default=0)
     return max(MIN_FOLD_LIMIT, largest)
 
 
-def _fold(graph: gs.Graph, limit: int) -> None:
+def fold_constants(graph: gs.Graph, limit: int) -> None:
+    """gs's fold_constants, quietly, never creating a constant over `limit` bytes."""
     def too_big(node: gs.Node) -> bool:
         size = expanded_bytes(node)
         return size is None or size > limit
@@ -91,14 +88,15 @@ def _fold(graph: gs.Graph, limit: int) -> None:
         G_LOGGER.severity = level
 
 
-def _shape_of(tensor: gs.Tensor) -> tuple[int, ...] | None:
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """A constant's shape, or a variable's when every dim is a known size; else None."""
     value = const_array(tensor)
     if value is not None:
         return value.shape
     shape = tensor.shape
-    if shape is None or any(not isinstance(d, int) for d in shape):
+    if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
         return None
-    return tuple(shape)
+    return tuple(int(d) for d in shape)
 
 
 def _itemsize(tensor: gs.Tensor, default: int = 8) -> int:
@@ -114,7 +112,7 @@ def expanded_bytes(node: gs.Node) -> int | None:
     if node.op == "ConstantOfShape":
         shape = const_array(node.inputs[0])
         return None if shape is None else int(np.prod(shape, dtype=np.int64)) * 8
-    data = _shape_of(node.inputs[0])
+    data = static_shape(node.inputs[0])
     arg = const_array(node.inputs[1]) if len(node.inputs) > 1 else None
     if data is None or arg is None:
         return None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 
@@ -72,6 +73,19 @@ def const_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
+def contiguous(array: object) -> np.ndarray:
+    """`array` in C order with its rank kept (np.ascontiguousarray makes a 0-d array 1-d)."""
+    return np.asarray(array, order="C")
+
+
+def const_key(array: object) -> tuple[str, tuple[int, ...], bytes]:
+    """What makes two constants interchangeable: dtype, shape and bytes (a rank-0 `c` and a
+    rank-1 `[c]` have the same bytes but are different constants)."""
+    values = contiguous(array)
+    digest = hashlib.blake2b(values.tobytes(), digest_size=16).digest()
+    return values.dtype.str, values.shape, digest
+
+
 def is_constant(tensor: gs.Tensor | None) -> bool:
     return const_array(tensor) is not None
 
@@ -83,7 +97,7 @@ def is_shared_constant(tensor: gs.Tensor) -> bool:
 
 def set_const_input(node: gs.Node, index: int, array: np.ndarray, name: str) -> gs.Constant:
     """Make input `index` of `node` a new constant (appending when index == len(inputs))."""
-    const = gs.Constant(name, np.ascontiguousarray(array))
+    const = gs.Constant(name, contiguous(array))
     if index == len(node.inputs):
         node.inputs.append(const)
     else:
@@ -148,16 +162,30 @@ def chain(node: gs.Node, *op_types: str) -> list[gs.Node] | None:
 
 def name_maker(graph: gs.Graph) -> Callable[[str], str]:
     """A function returning names unused in `graph`; scans the graph once, not per call."""
-    used = set(tensor_map(graph)) | {n.name for n in graph.nodes}
+    return NameMaker(set(tensor_map(graph)) | {n.name for n in graph.nodes})
 
-    def fresh(base: str) -> str:
-        name, index = base, 1
-        while name in used:
-            name, index = f"{base}_{index}", index + 1
-        used.add(name)
+
+class NameMaker:
+    """`fresh(base)`: `base`, else `base_1`, `base_2`, ... the first one unused. A counter per
+    base resumes where the last call stopped, so k names from one base (say ".s" from
+    thousands of unnamed nodes) cost O(k) in all, not O(k²)."""
+
+    def __init__(self, used: set[str]) -> None:
+        self.used = used
+        self.next_index: dict[str, int] = {}
+        self.probes = 0  # names tried in all: a call-count guard for the tests
+
+    def __call__(self, base: str) -> str:
+        name, index = base, self.next_index.get(base, 0)
+        if index:
+            name = f"{base}_{index}"
+        while name in self.used:
+            self.probes += 1
+            index += 1
+            name = f"{base}_{index}"
+        self.next_index[base] = index + 1
+        self.used.add(name)
         return name
-
-    return fresh
 
 
 def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:

@@ -16,7 +16,7 @@ from tm2onnx.errors import TransformError
 
 from .dtypes import as_dtype
 from .graphops import toposort
-from .patterns import name_maker, replace_uses
+from .patterns import contiguous, name_maker, replace_uses
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Builder:
                                         outputs))
 
     def const(self, name: str, array: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.fresh(f"{self.step}/{name}"), np.ascontiguousarray(array))
+        return gs.Constant(self.fresh(f"{self.step}/{name}"), contiguous(array))
 
     def var(self, name: str, like: gs.Tensor) -> gs.Variable:
         return gs.Variable(self.fresh(f"{self.step}/{name}"), dtype=like.dtype, shape=like.shape)

@@ -3,7 +3,10 @@ a tensor over the size limit), and a clean model comes back byte for byte."""
 
 from __future__ import annotations
 
-from tests.helpers import FP32, assert_same_function, ops, parse_model
+import numpy as np
+import onnx
+
+from tests.helpers import FP32, assert_same_function, ops, parse_model, run_ort
 from tm2onnx.transforms import run_pipeline, run_transform, to_graph
 from tm2onnx.transforms.cleanup import expanded_bytes
 
@@ -66,3 +69,34 @@ def test_clean_model_is_returned_unchanged():
     out, [report] = run_pipeline(model, ["cleanup"])
     assert out.SerializeToString() == model.SerializeToString() and not report.changed
     assert not run_transform(to_graph(model), "cleanup").rewritten
+
+
+def test_scalar_and_one_element_constants_stay_apart():
+    # Regression: a rank-0 index and a rank-1 [1] index of the same value were merged (0-d
+    # arrays turned 1-d while hashing), so Gather's output grew a dim: (2,1,4) for (2,4).
+    model = parse_model(f"""{HEADER}
+    g (float[2,3,4] x) => (float[2,4] y, float[2,1,4] z)
+      <int64 i0 = {{1}}, int64[1] i1 = {{1}}, float one = {{1}}, float[1] one1 = {{1}}> {{
+        g0 = Gather <axis = 1> (x, i0)
+        y = Mul (g0, one)
+        g1 = Gather <axis = 1> (x, i1)
+        z = Mul (g1, one1)
+    }}""")
+    out, [report] = run_pipeline(model, ["cleanup"])
+    onnx.checker.check_model(out, full_check=True)
+    dims = {i.name: list(i.dims) for i in out.graph.initializer}
+    assert dims == {"i0": [], "i1": [1], "one": [], "one1": [1]} and not report.rewritten
+    got = run_ort(out, {"x": np.ones((2, 3, 4), np.float32)})
+    assert got["y"].shape == (2, 4) and got["z"].shape == (2, 1, 4)
+    assert_same_function(model, out, **FP32)
+
+
+def test_equal_constants_of_one_shape_still_merge():
+    model = parse_model(f"""{HEADER}
+    g (float[2,3,4] x) => (float[2,4] y, float[2,4] z) <int64 i0 = {{1}}, int64 i1 = {{1}}> {{
+        y = Gather <axis = 1> (x, i0)
+        z = Gather <axis = 1> (x, i1)
+    }}""")
+    out, [report] = run_pipeline(model, ["cleanup"])
+    assert [i.name for i in out.graph.initializer] == ["i0"] and report.rewritten == ["i1"]
+    assert_same_function(model, out, **FP32)

@@ -98,3 +98,27 @@ def test_ladder_keeps_its_function(rng):
     model = ladder(3, rng)
     out, _ = run_pipeline(model, ["deploy"])
     assert_same_function(model, out, **FP32)
+
+
+def test_fresh_names_from_unnamed_nodes_cost_one_probe_each(monkeypatch, rng):
+    # Regression: every BatchNormalization here is unnamed, so each fold asks for ".weight",
+    # ".s", ... again; probing "_1", "_2", ... from the start each time was quadratic.
+    from tm2onnx.transforms import patterns
+
+    made: list[tuple[patterns.NameMaker, int]] = []
+    original = patterns.name_maker
+
+    def spy(graph: gs.Graph) -> patterns.NameMaker:
+        maker = original(graph)
+        made.append((maker, len(maker.used)))
+        return maker
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("tm2onnx.transforms.") and hasattr(module, "name_maker"):
+            monkeypatch.setattr(module, "name_maker", spy)
+    model = ladder(40, rng)
+    assert not any(node.name for node in model.graph.node)
+    run_pipeline(model, ["deploy"])
+    names = sum(len(maker.used) - start for maker, start in made)
+    probes = sum(maker.probes for maker, _ in made)
+    assert names >= 80 and probes <= names, (names, probes)

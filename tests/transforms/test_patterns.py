@@ -54,3 +54,13 @@ def test_rewiring_keeps_names():
     assert replace_uses(a, x) == 3 and not a.outputs
     fresh = name_maker(graph)
     assert fresh("x") == "x_1" and fresh("x") == "x_2" and fresh("new") == "new"
+
+
+def test_name_maker_resumes_its_count_per_base():
+    from tm2onnx.transforms.patterns import NameMaker
+
+    fresh = NameMaker({"a", "a_1", "a_3", "b"})
+    names = [fresh("a") for _ in range(1000)]
+    assert names[:3] == ["a_2", "a_4", "a_5"] and len(set(names)) == 1000
+    assert fresh.probes <= 3  # a, a_1, a_3: each taken name is probed once, not once per call
+    assert fresh("b") == "b_1" and fresh("c") == "c" and fresh("c") == "c_1"

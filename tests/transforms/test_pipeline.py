@@ -53,7 +53,7 @@ def failing_transform():
 
 
 def test_failure_names_the_step_and_those_before_it(failing_transform):
-    message = "explode failed after [fuse-conv-bn, absorb-const, cleanup]: boom"
+    message = f"explode failed after [{', '.join(DEPLOY_PIPELINE)}]: boom"
     with pytest.raises(TransformError, match=re.escape(message)):
         run_pipeline(parse_model(MODEL), ["deploy", "explode", "rename"])
 

@@ -1,0 +1,159 @@
+"""fold-shapes: shape arithmetic folds once shapes are inferred, no-op nodes go without copying
+weights, 2-D MatMul+Add becomes Gemm, and overridable initializers are never folded."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from tests.helpers import (
+    FP32,
+    assert_matches,
+    assert_same_function,
+    init_text,
+    ops,
+    parse_model,
+    run_ort,
+)
+from tm2onnx.transforms import run_pipeline
+
+HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
+
+
+def model_of(text: str) -> onnx.ModelProto:
+    return parse_model(f"{HEADER}\n{text}", ir_version=8)
+
+
+def test_shape_arithmetic_folds_to_constants():
+    model = model_of("""g (float[2,3,4,4] x) => (float[2,48] y) <int64[1] zero = {0}> {
+        s = Shape (x)
+        b = Gather <axis = 0> (s, zero)
+        minus = Constant <value = int64[1] {-1}> ()
+        shp = Concat <axis = 0> (b, minus)
+        y = Reshape (x, shp)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Reshape"], report.details()
+    assert_same_function(model, out, **FP32)
+
+
+def test_symbolic_batch_keeps_its_shape_but_folds_static_dims():
+    model = model_of("""g (float[N,3,4,4] x) => (float[N,48] y) <int64[1] zero = {0}> {
+        s = Shape (x)
+        b = Gather <axis = 0> (s, zero)
+        one = Constant <value = int64[1] {1}> ()
+        c = Gather <axis = 0> (s, one)
+        h = Constant <value = int64[1] {16}> ()
+        ch = Mul (c, h)
+        shp = Concat <axis = 0> (b, ch)
+        y = Reshape (x, shp)
+    }""")
+    out, _ = run_pipeline(model, ["deploy"])
+    assert ops(out).count("Mul") == 0 and ops(out).count("Shape") == 1, ops(out)
+    dims = [d.dim_param or d.dim_value for d in out.graph.output[0].type.tensor_type.shape.dim]
+    assert dims == ["N", 48]
+    x = np.random.default_rng(0).normal(size=(5, 3, 4, 4)).astype(np.float32)
+    assert_matches(run_ort(model, {"x": x}), run_ort(out, {"x": x}), **FP32)
+
+
+def test_no_ops_go_and_weights_are_not_copied(rng):
+    w = rng.normal(size=(4, 4)).astype(np.float32)
+    model = model_of(f"""g (float[2,4] x) => (float[2,4] y, float[2,4] z) <{init_text("w", w)},
+                          int64[2] same = {{2, 4}}> {{
+        wi = Identity (w)
+        a = MatMul (x, wi)
+        d = Dropout (a)
+        c = Cast <to = 1> (d)
+        t = Transpose <perm = [0, 1]> (c)
+        r = Reshape (t, same)
+        y = Relu (r)
+        v = MatMul (y, wi)
+        z = Identity (v)
+    }}""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["MatMul", "Relu", "MatMul"], report.details()
+    assert [i.name for i in out.graph.initializer] == ["w"]
+    assert [o.name for o in out.graph.output] == ["y", "z"]  # graph outputs keep their names
+    assert out.ByteSize() <= model.ByteSize()
+    assert_same_function(model, out, **FP32)
+
+
+def test_two_d_matmul_add_becomes_gemm_three_d_stays(rng):
+    w, b = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    model = model_of(f"""g (float[2,4] x, float[5,2,4] x3) => (float[2,3] y, float[5,2,3] z)
+                          <{init_text("w", w)}, {init_text("b", b)}> {{
+        m = MatMul (x, w)
+        y = Add (m, b)
+        m3 = MatMul (x3, w)
+        z = Add (b, m3)
+    }}""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert sorted(ops(out)) == ["Add", "Gemm", "MatMul"], report.details()
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+    assert_same_function(model, out, **FP32)
+
+
+def test_initializer_that_is_an_input_stays_overridable():
+    # Regression: gs imports an initializer listed as a graph input as a plain constant, so the
+    # input vanished and folding baked its default into the model.
+    model = model_of("""g (float[2] x, float[2] scale) => (float[2] y) <float[2] scale = {2, 3}> {
+        s = Identity (scale)
+        t = Mul (s, s)
+        y = Mul (x, t)
+    }""")
+    out, _ = run_pipeline(model, ["deploy"])
+    onnx.checker.check_model(out, full_check=True)
+    assert [i.name for i in out.graph.input] == ["x", "scale"]
+    assert "scale" in [i.name for i in out.graph.initializer]
+    feeds = {"x": np.ones(2, np.float32), "scale": np.array([5, 7], np.float32)}
+    assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
+    assert_matches(run_ort(model, {"x": feeds["x"]}), run_ort(out, {"x": feeds["x"]}), **FP32)
+
+
+def test_ir_version_is_the_inputs():
+    # Regression: every output was stamped IR 10, which onnxruntime 1.15 (IR <= 9) refuses.
+    model = model_of("""g (float[2] x) => (float[2] y) {
+        i = Identity (x)
+        y = Relu (i)
+    }""")
+    out, _ = run_pipeline(model, ["deploy"])
+    assert ops(out) == ["Relu"] and out.ir_version == 8
+    assert all(d.domain in ("", "ai.onnx") for d in out.opset_import)
+
+
+def test_reshape_chains_merge_and_zero_pads_and_whole_slices_go():
+    model = model_of("""g (float[2,3,4] x) => (float[2,12] y, float[6,2,2] z)
+      <int64[2] a = {6, 4}, int64[2] b = {2, 12}, int64[3] keep = {0, 2, 2},
+       int64[6] pads = {0, 0, 0, 0, 0, 0}, int64[1] s0 = {0}, int64[1] s1 = {4}> {
+        p = Pad (x, pads)
+        q = Slice (p, s0, s1)
+        r1 = Reshape (q, a)
+        y = Reshape (r1, b)
+        r2 = Reshape (x, a)
+        z = Reshape (r2, keep)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # y's chain becomes one Reshape; z copies dim 0 (6) from r2, so r2 -> z stays.
+    assert ops(out) == ["Reshape", "Reshape", "Reshape"], report.details()
+    assert_same_function(model, out, **FP32)
+
+
+def test_unit_operands_and_transpose_pairs_go_broadcasts_stay():
+    model = model_of("""g (float[2,3] x, float[1,3] s) => (float[2,3] y, float[3,2] z, float[2,3] w)
+      <float[3] zero = {0, 0, 0}, float one = {1}, float[2,3] zeros = {0, 0, 0, 0, 0, 0}> {
+        a = Add (zero, x)
+        m = Mul (a, one)
+        t1 = Transpose <perm = [1, 0]> (m)
+        t2 = Transpose <perm = [1, 0]> (t1)
+        y = Div (t2, one)
+        z = Transpose <perm = [1, 0]> (y)
+        w = Add (s, zeros)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # y = x, but a graph output fed by a graph input keeps its node; z = x^T; w's Add
+    # broadcasts s to [2,3], so it is not a no-op.
+    assert sorted(ops(out)) == ["Add", "Div", "Transpose"], report.details()
+    assert [o.name for o in out.graph.output] == ["y", "z", "w"]
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    s = np.random.default_rng(1).normal(size=(1, 3)).astype(np.float32)
+    assert_matches(run_ort(model, {"x": x, "s": s}), run_ort(out, {"x": x, "s": s}), **FP32)
