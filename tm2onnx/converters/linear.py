@@ -168,7 +168,7 @@ def _operand(ctx: ExportContext, value: Any, transpose: bool, dtype: np.dtype) -
         if not swap and isinstance(value, TensorNode) and array.dtype == dtype:
             return ctx.value_of(value)  # the shared initializer, named after the attribute
         array = np.swapaxes(array, -1, -2) if swap else array
-        return ctx.const(np.ascontiguousarray(array.astype(dtype)))
+        return ctx.const(np.asarray(array.astype(dtype), order="C"))  # 0-d stays 0-d
     tensor = cast_if_needed(ctx, ctx.value_of(value), tensor_dtype(value), dtype)
     if not swap:
         return tensor
