@@ -45,7 +45,9 @@ def _one_line_failures() -> Iterator[None]:
 
 @contextlib.contextmanager
 def synchronous() -> Iterator[None]:
-    """MegEngine's async CPU dispatch was seen computing wrong eager values: run it in order."""
+    """MegEngine 1.13's default asynchronous CPU dispatch was seen computing wrong eager
+    values (a detector's per-level anchor grid took another level's offset, differently from
+    run to run); references, folds and re-runs must be exact, so run synchronously."""
     import megengine
 
     saved = megengine.config.async_level

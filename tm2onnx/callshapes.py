@@ -18,21 +18,6 @@ from .errors import ConversionError
 Saved = tuple[Any, Any, Any]  # (node, traced shape, traced dtype)
 
 
-@contextmanager
-def synchronous_megengine() -> Iterator[None]:
-    """MegEngine 1.13's default asynchronous CPU dispatch was seen computing wrong eager
-    values (a detector's per-level anchor grid took another level's offset, differently from
-    run to run); everything the export folds or re-runs must be exact, so run synchronously."""
-    import megengine as mge
-
-    previous = mge.config.async_level
-    mge.config.async_level = 0
-    try:
-        yield
-    finally:
-        mge.config.async_level = previous
-
-
 class CallShapes:
     """A stack of frames, one per inlined call being re-shaped; each frame remembers the traced
     shape/dtype of every node it changed so leaving the call restores the user's graph."""

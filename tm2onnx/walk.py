@@ -12,10 +12,11 @@ from megengine.traced_module import TracedModule
 from megengine.traced_module.expr import CallMethod, Constant, GetAttr, Input
 from megengine.traced_module.node import ModuleNode, TensorNode
 
-from .callshapes import CallShapes, synchronous_megengine
+from .callshapes import CallShapes
 from .context import ExportContext
 from .converters import describe_target, find_converter
 from .errors import ConversionError, Tm2OnnxError
+from .runtime.megengine_ref import synchronous as synchronous_megengine
 
 
 class _Walk:
