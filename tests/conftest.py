@@ -66,8 +66,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                        "CUDA machine)")
     for item in items:
         path = Path(str(item.fspath))
-        needs = "megengine" in getattr(item, "fixturenames", ()) or any(
-            path == module or module in path.parents for module in _NEEDS_MEGENGINE)
+        needs = ("megengine" in getattr(item, "fixturenames", ())
+                 or item.get_closest_marker("megengine") is not None
+                 or any(path == module or module in path.parents
+                        for module in _NEEDS_MEGENGINE))
         item.add_marker(pytest.mark.megengine if needs else pytest.mark.onnx_side)
         if no_cuda and "gpu" in item.keywords:
             item.add_marker(skip_gpu)

@@ -343,7 +343,7 @@ def test_concat_module_of_0d(megengine):
     _assert_close(_reference(traced, [x]), _run(model, [x]))
 
 
-def test_guard_compares_dims_and_dtypes_and_skips_what_onnx_leaves_open():
+def test_guard_compares_dims_and_dtypes_and_skips_what_onnx_leaves_open(megengine):
     from types import SimpleNamespace
 
     from megengine.core.tensor.dtype import qint8

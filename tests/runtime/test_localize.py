@@ -12,6 +12,8 @@ from tm2onnx.cli import main
 
 SMALL = [(1, 3, 64, 64)]
 
+pytestmark = pytest.mark.megengine  # its module-scoped fixture builds MegEngine nets
+
 
 @pytest.fixture(scope="module", params=["resnet18", "mobilenet_v2"])
 def network(request):
