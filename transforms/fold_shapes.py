@@ -33,6 +33,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
+from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
 
 def _same_static_shape(node: gs.Node) -> bool:
@@ -119,6 +120,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     for _ in range(MAX_ROUNDS):
         if needs_shapes(graph):
             infer_onto(graph)
+        reshapes_before_transposes(graph, report)
+        transposes_as_reshapes(graph, report)
         merge_reshapes(graph, report)
         merge_transposes(graph, report)
         remove_no_ops(graph, report)
