@@ -118,14 +118,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: a few rounds.
     for _ in range(MAX_ROUNDS):
-        if needs_shapes(graph):
-            infer_onto(graph)
-        reshapes_before_transposes(graph, report)
-        transposes_as_reshapes(graph, report)
-        merge_reshapes(graph, report)
-        merge_transposes(graph, report)
-        remove_no_ops(graph, report)
-        drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+        _rewrite_static(graph, report)
         if not may_fold(graph):
             break
         before = len(report.rewritten)
@@ -138,6 +131,19 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
     return report
+
+
+def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
+    """One pass of the shape-dependent rewrites, on freshly inferred shapes."""
+    if needs_shapes(graph):
+        infer_onto(graph)
+    remove_no_ops(graph, report)  # first too: a zero Pad can sit inside a Transpose pattern
+    reshapes_before_transposes(graph, report)
+    transposes_as_reshapes(graph, report)
+    merge_reshapes(graph, report)
+    merge_transposes(graph, report)
+    remove_no_ops(graph, report)
+    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
 
 
 def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None:

@@ -1,6 +1,6 @@
-"""Transposes that only move size-1 dims are Reshapes; a unit-dim Reshape between two Transposes
-moves before them. Both leave Reshape/Transpose pairs that fold-shapes then merges (ViT's
-attention: 36 nodes)."""
+"""Transposes that only move size-1 dims are Reshapes; a splitting Reshape between two
+Transposes moves before them. Both leave Reshape/Transpose pairs that fold-shapes then merges
+(ViT's attention, EfficientViT's windows)."""
 
 from __future__ import annotations
 
@@ -54,19 +54,18 @@ def transposes_as_reshapes(graph: gs.Graph, report: TransformReport) -> None:
 
 
 def reshapes_before_transposes(graph: gs.Graph, report: TransformReport) -> None:
-    """Transpose(p) -> Reshape that only adds/drops unit dims -> Transpose(r), single readers,
-    static shapes: Reshape(x, non-unit dims of x + units) -> one Transpose (3 nodes -> 2)."""
+    """Transpose(p) -> Reshape that only splits dims / adds or drops unit dims -> Transpose(r),
+    single readers, static shapes: Reshape(x, the split in x's order) -> one Transpose (3 -> 2;
+    window partitions and attention heads)."""
     fresh = None
     for first in nodes_of(graph, "Transpose"):
         reshape = only_consumer(first.outputs[0], graph) if first.outputs else None
         if reshape is None or reshape.op != "Reshape":
             continue
         last = only_consumer(reshape.outputs[0], graph)
-        if last is None or last.op != "Transpose" or (perm := _sunk_perm(first, reshape)) is None:
+        if last is None or last.op != "Transpose" or (sunk := _sunk_split(first, reshape)) is None:
             continue
-        shape = static_shape(first.inputs[0])
-        units = len(perm) - len(_non_unit(shape))
-        target = (*_non_unit(shape), *[1] * units)
+        target, perm = sunk
         fresh = fresh or name_maker(graph)
         reshape.inputs[0] = first.inputs[0]
         reshape.inputs[1] = gs.Constant(fresh(f"{reshape.name}_shape"), np.array(target, np.int64))
@@ -76,18 +75,35 @@ def reshapes_before_transposes(graph: gs.Graph, report: TransformReport) -> None
         report.rewrote(first)
 
 
-def _sunk_perm(first: gs.Node, reshape: gs.Node) -> list[int] | None:
-    """The perm q with Reshape(Transpose(x, p), u) == Transpose(Reshape(x, s'), q), where s' is
-    x's non-unit dims then u's unit count of 1s; None unless shapes are static, the Reshape only
-    adds/drops unit dims and the last Transpose has a perm of u's rank."""
+def _sunk_split(first: gs.Node, reshape: gs.Node) -> tuple[list[int], list[int]] | None:
+    """(s', q) with Reshape(Transpose(x, p), u) == Transpose(Reshape(x, s'), q): s' splits each
+    non-unit axis of x into the run of u's non-unit dims it became (units appended). None
+    unless shapes are static, u refines the transposed shape and the last perm has u's rank."""
     shape, perm = static_shape(first.inputs[0]), first.attrs.get("perm")
     mid, out = static_shape(first.outputs[0]), static_shape(reshape.outputs[0])
     last_perm = only_consumer(reshape.outputs[0]).attrs.get("perm")
     if None in (shape, perm, mid, out, last_perm) or 0 in shape or len(last_perm) != len(out):
         return None
-    if _non_unit(mid) != _non_unit(out) or len(perm) != len(shape):
+    if len(perm) != len(shape) or (groups := _split_groups(perm, mid, out)) is None:
         return None
-    rank_of = {axis: k for k, axis in enumerate(a for a in range(len(shape)) if shape[a] != 1)}
-    sources = iter(int(perm[i]) for i in range(len(mid)) if mid[i] != 1)
-    units = iter(range(len(rank_of), len(out)))
-    return [rank_of[next(sources)] if d != 1 else next(units) for d in out]
+    order = [j for axis in sorted(groups) for j in groups[axis]]  # u's dims in x's order
+    where = {j: k for k, j in enumerate(order)}
+    units = iter(range(len(order), len(out)))
+    perm_q = [where[j] if out[j] != 1 else next(units) for j in range(len(out))]
+    return [out[j] for j in order] + [1] * (len(out) - len(order)), perm_q
+
+
+def _split_groups(perm, mid: tuple[int, ...], out: tuple[int, ...]) -> dict[int, list[int]] | None:
+    """Source axis -> the positions of u's non-unit dims whose product is that axis's size, runs
+    taken in order; None when u's non-unit dims do not split the transposed ones that way."""
+    positions = iter(j for j in range(len(out)) if out[j] != 1)
+    groups: dict[int, list[int]] = {}
+    for axis, size in ((int(perm[i]), mid[i]) for i in range(len(mid)) if mid[i] != 1):
+        members, product = [], 1
+        while product < size and (j := next(positions, None)) is not None:
+            members.append(j)
+            product *= out[j]
+        if product != size:
+            return None
+        groups[axis] = members
+    return groups if next(positions, None) is None else None

@@ -66,3 +66,30 @@ def test_reshape_that_merges_real_dims_between_transposes_stays():
     # [3,5,4] -> [1,5,12] joins 3 and 4 across the swapped axes: not a unit-dim reshape.
     assert ops(out) == ["Transpose", "Reshape", "Transpose"], report.details()
     assert_same_function(model, out, **FP32)
+
+
+def test_window_partition_split_moves_ahead_even_behind_a_zero_pad():
+    # EfficientViT's window split: NCHW -> NHWC -> (zero Pad) -> [1,2,7,2,7,C] -> swap -> ...
+    model = model_of("""g (float[1,3,4,6] x) => (float[1,2,2,2,3,3] y)
+                          <int64[6] s = {1, 2, 2, 2, 3, 3}, int64[8] pads = {0,0,0,0,0,0,0,0}> {
+        t = Transpose <perm = [0, 2, 3, 1]> (x)
+        p = Pad (t, pads)
+        r = Reshape (p, s)
+        y = Transpose <perm = [0, 1, 3, 2, 4, 5]> (r)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Reshape", "Transpose"], report.details()
+    x = np.random.default_rng(0).normal(size=(1, 3, 4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(model, {"x": x})["y"], run_ort(out, {"x": x})["y"])
+
+
+def test_reshape_that_regroups_across_dims_between_transposes_stays():
+    # [1,4,6,3] -> [1,2,12,3] mixes H and W (6 is not split into runs of 2 then 12).
+    model = model_of("""g (float[1,3,4,6] x) => (float[1,2,3,12] y) <int64[4] s = {1, 2, 12, 3}> {
+        t = Transpose <perm = [0, 2, 3, 1]> (x)
+        r = Reshape (t, s)
+        y = Transpose <perm = [0, 1, 3, 2]> (r)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Transpose", "Reshape", "Transpose"], report.details()
+    assert_same_function(model, out, **FP32)
