@@ -137,13 +137,18 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     """One pass of the shape-dependent rewrites, on freshly inferred shapes."""
     if needs_shapes(graph):
         infer_onto(graph)
-    remove_no_ops(graph, report)  # first too: a zero Pad can sit inside a Transpose pattern
+    _merge_and_bypass(graph, report)
+    # After the bypass: a zero Pad can sit inside these Transpose patterns.
     reshapes_before_transposes(graph, report)
     transposes_as_reshapes(graph, report)
+    _merge_and_bypass(graph, report)
+    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+
+
+def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
     remove_no_ops(graph, report)
-    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
 
 
 def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None:
