@@ -17,6 +17,7 @@ from .cleanup import (
     fold_constants,
     static_shape,
 )
+from .cse import merge_duplicates
 from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
@@ -82,11 +83,20 @@ def _unit_operand(unit: float, sides: tuple[int, ...]) -> Callable[[gs.Node], in
             value = const_array(node.inputs[side])
             if value is not None and value.size and bool(np.all(value == unit)):
                 kept = node.inputs[1 - side]
-                shape = static_shape(kept)
-                if shape is not None and shape == static_shape(node.outputs[0]):
+                if _keeps_shape(kept, value, node.outputs[0]):
                     return 1 - side
         return None
     return passed_through
+
+
+def _keeps_shape(kept: gs.Tensor, unit: np.ndarray, out: gs.Tensor) -> bool:
+    """Broadcasting `unit` leaves `kept`'s shape: both static and equal, or `unit` a single
+    value of rank 0 or of a rank `kept` has at least (dynamic dims are fine then)."""
+    shape = static_shape(kept)
+    if shape is not None and shape == static_shape(out):
+        return True
+    rank = len(kept.shape) if kept.shape is not None else None
+    return unit.size == 1 and (unit.ndim == 0 or (rank is not None and rank >= unit.ndim))
 
 
 # op -> the index of the input this node passes through unchanged, or None.
@@ -99,6 +109,8 @@ NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
     "Transpose": _first(_identity_perm),
     "Pad": _first(_zero_pads),
     "Slice": _first(_whole_slice),
+    "Concat": _first(lambda node: len(node.inputs) == 1),
+    "Split": _first(lambda node: len(node.outputs) == 1),  # one piece: the whole input
     "Add": _unit_operand(0, (1, 0)),
     "Sub": _unit_operand(0, (1,)),
     "Mul": _unit_operand(1, (1, 0)),
@@ -127,6 +139,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         if len(report.rewritten) == before:  # nothing folded: inference learns nothing new
             break
     fuse_matmul_add(graph, report)
+    merge_duplicates(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
