@@ -17,6 +17,7 @@ from .cleanup import (
     fold_constants,
     static_shape,
 )
+from .cse import merge_duplicates
 from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
@@ -33,6 +34,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
+from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
 
 def _same_static_shape(node: gs.Node) -> bool:
@@ -81,11 +83,20 @@ def _unit_operand(unit: float, sides: tuple[int, ...]) -> Callable[[gs.Node], in
             value = const_array(node.inputs[side])
             if value is not None and value.size and bool(np.all(value == unit)):
                 kept = node.inputs[1 - side]
-                shape = static_shape(kept)
-                if shape is not None and shape == static_shape(node.outputs[0]):
+                if _keeps_shape(kept, value, node.outputs[0]):
                     return 1 - side
         return None
     return passed_through
+
+
+def _keeps_shape(kept: gs.Tensor, unit: np.ndarray, out: gs.Tensor) -> bool:
+    """Broadcasting `unit` leaves `kept`'s shape: both static and equal, or `unit` a single
+    value of rank 0 or of a rank `kept` has at least (dynamic dims are fine then)."""
+    shape = static_shape(kept)
+    if shape is not None and shape == static_shape(out):
+        return True
+    rank = len(kept.shape) if kept.shape is not None else None
+    return unit.size == 1 and (unit.ndim == 0 or (rank is not None and rank >= unit.ndim))
 
 
 # op -> the index of the input this node passes through unchanged, or None.
@@ -98,6 +109,8 @@ NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
     "Transpose": _first(_identity_perm),
     "Pad": _first(_zero_pads),
     "Slice": _first(_whole_slice),
+    "Concat": _first(lambda node: len(node.inputs) == 1),
+    "Split": _first(lambda node: len(node.outputs) == 1),  # one piece: the whole input
     "Add": _unit_operand(0, (1, 0)),
     "Sub": _unit_operand(0, (1,)),
     "Mul": _unit_operand(1, (1, 0)),
@@ -117,12 +130,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: a few rounds.
     for _ in range(MAX_ROUNDS):
-        if needs_shapes(graph):
-            infer_onto(graph)
-        merge_reshapes(graph, report)
-        merge_transposes(graph, report)
-        remove_no_ops(graph, report)
-        drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+        _rewrite_static(graph, report)
         if not may_fold(graph):
             break
         before = len(report.rewritten)
@@ -131,10 +139,29 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         if len(report.rewritten) == before:  # nothing folded: inference learns nothing new
             break
     fuse_matmul_add(graph, report)
+    merge_duplicates(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
     return report
+
+
+def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
+    """One pass of the shape-dependent rewrites, on freshly inferred shapes."""
+    if needs_shapes(graph):
+        infer_onto(graph)
+    _merge_and_bypass(graph, report)
+    # After the bypass: a zero Pad can sit inside these Transpose patterns.
+    reshapes_before_transposes(graph, report)
+    transposes_as_reshapes(graph, report)
+    _merge_and_bypass(graph, report)
+    drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+
+
+def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
+    merge_reshapes(graph, report)
+    merge_transposes(graph, report)
+    remove_no_ops(graph, report)
 
 
 def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None:

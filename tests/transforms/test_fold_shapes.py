@@ -157,3 +157,37 @@ def test_unit_operands_and_transpose_pairs_go_broadcasts_stay():
     x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
     s = np.random.default_rng(1).normal(size=(1, 3)).astype(np.float32)
     assert_matches(run_ort(model, {"x": x, "s": s}), run_ort(out, {"x": x, "s": s}), **FP32)
+
+
+def test_single_input_concat_single_output_split_and_scalar_unit_on_dynamic_shapes_go():
+    # SSDlite's export: Concat of one tensor, Split into one piece, x * 1.0 after a NonZero.
+    model = model_of("""g (float[N,4] x) => (float[N,4] y, int64[2,M] z, float[N,4] w)
+                          <float one = {1}, float[1,1] one11 = {1}, int64[1] s = {4}> {
+        c = Concat <axis = 0> (x)
+        m = Mul (c, one)
+        y = Relu (m)
+        nz = NonZero (x)
+        z = Mul (nz, nz)
+        p = Split <axis = 1> (y, s)
+        q = Mul (p, one11)
+        w = Tanh (q)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert sorted(ops(out)) == ["Mul", "NonZero", "Relu", "Tanh"], report.details()
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    x[x < 0] = 0
+    ref, got = run_ort(model, {"x": x}), run_ort(out, {"x": x})
+    np.testing.assert_array_equal(ref["y"], got["y"])
+    np.testing.assert_array_equal(ref["z"], got["z"])
+    np.testing.assert_array_equal(ref["w"], got["w"])
+
+
+def test_unit_that_broadcasts_past_an_unknown_rank_stays():
+    model = model_of("""g (float[N] x) => (float[1,N] y) <float[1,1] one = {1}> {
+        r = Relu (x)
+        y = Mul (r, one)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Relu", "Mul"], report.details()  # [1,1] grows rank-1 x to rank 2
+    x = np.arange(3, dtype=np.float32)
+    np.testing.assert_array_equal(run_ort(model, {"x": x})["y"], run_ort(out, {"x": x})["y"])

@@ -1,0 +1,109 @@
+"""Transposes that only move size-1 dims are Reshapes; a splitting Reshape between two
+Transposes moves before them. Both leave Reshape/Transpose pairs that fold-shapes then merges
+(ViT's attention, EfficientViT's windows)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .cleanup import static_shape
+from .patterns import const_array, detach, name_maker, nodes_of, only_consumer, producer
+from .report import TransformReport
+
+
+def _non_unit(shape: tuple[int, ...]) -> list[int]:
+    return [d for d in shape if d != 1]
+
+
+def _moves_only_units(node: gs.Node) -> tuple[int, ...] | None:
+    """The output shape when this Transpose keeps the non-unit dims in their order (a copy-free
+    relabelling, i.e. a Reshape); else None."""
+    perm = node.attrs.get("perm")
+    shape = static_shape(node.inputs[0]) if node.inputs else None
+    out = static_shape(node.outputs[0]) if node.outputs else None
+    if perm is None or shape is None or out is None or len(perm) != len(shape):
+        return None
+    moved = [int(axis) for axis in perm if shape[int(axis)] != 1]
+    return out if moved == sorted(moved) and 0 not in shape else None
+
+
+def _merges_with_reshape(node: gs.Node, graph: gs.Graph) -> bool:
+    """A Reshape writes this node's only input and reads nothing else, or this node's only
+    reader is a Reshape to a constant without copied (0) dims: merge_reshapes will fold it."""
+    inner = producer(node.inputs[0], op="Reshape")
+    if inner is not None and only_consumer(inner.outputs[0], graph) is node:
+        return True
+    outer = only_consumer(node.outputs[0], graph)
+    if outer is None or outer.op != "Reshape" or len(outer.inputs) < 2:
+        return False
+    target = const_array(outer.inputs[1])
+    return target is not None and (not np.any(target == 0) or bool(outer.attrs.get("allowzero")))
+
+
+def transposes_as_reshapes(graph: gs.Graph, report: TransformReport) -> None:
+    """Transpose(x) that only moves unit dims -> Reshape(x, its static output shape), where a
+    neighbouring Reshape then absorbs it (so the node count drops, never just trades)."""
+    fresh = None
+    for node in nodes_of(graph, "Transpose"):
+        if (out := _moves_only_units(node)) is None or not _merges_with_reshape(node, graph):
+            continue
+        fresh = fresh or name_maker(graph)
+        node.op, node.attrs = "Reshape", {}
+        node.inputs.append(gs.Constant(fresh(f"{node.name}_shape"), np.array(out, np.int64)))
+
+
+def reshapes_before_transposes(graph: gs.Graph, report: TransformReport) -> None:
+    """Transpose(p) -> Reshape that only splits dims / adds or drops unit dims -> Transpose(r),
+    single readers, static shapes: Reshape(x, the split in x's order) -> one Transpose (3 -> 2;
+    window partitions and attention heads)."""
+    fresh = None
+    for first in nodes_of(graph, "Transpose"):
+        reshape = only_consumer(first.outputs[0], graph) if first.outputs else None
+        if reshape is None or reshape.op != "Reshape":
+            continue
+        last = only_consumer(reshape.outputs[0], graph)
+        if last is None or last.op != "Transpose" or (sunk := _sunk_split(first, reshape)) is None:
+            continue
+        target, perm = sunk
+        fresh = fresh or name_maker(graph)
+        reshape.inputs[0] = first.inputs[0]
+        reshape.inputs[1] = gs.Constant(fresh(f"{reshape.name}_shape"), np.array(target, np.int64))
+        reshape.outputs[0].shape = list(target)
+        last.attrs["perm"] = [perm[int(axis)] for axis in last.attrs["perm"]]
+        detach(first)
+        report.rewrote(first)
+
+
+def _sunk_split(first: gs.Node, reshape: gs.Node) -> tuple[list[int], list[int]] | None:
+    """(s', q) with Reshape(Transpose(x, p), u) == Transpose(Reshape(x, s'), q): s' splits each
+    non-unit axis of x into the run of u's non-unit dims it became (units appended). None
+    unless shapes are static, u refines the transposed shape and the last perm has u's rank."""
+    shape, perm = static_shape(first.inputs[0]), first.attrs.get("perm")
+    mid, out = static_shape(first.outputs[0]), static_shape(reshape.outputs[0])
+    last_perm = only_consumer(reshape.outputs[0]).attrs.get("perm")
+    if None in (shape, perm, mid, out, last_perm) or 0 in shape or len(last_perm) != len(out):
+        return None
+    if len(perm) != len(shape) or (groups := _split_groups(perm, mid, out)) is None:
+        return None
+    order = [j for axis in sorted(groups) for j in groups[axis]]  # u's dims in x's order
+    where = {j: k for k, j in enumerate(order)}
+    units = iter(range(len(order), len(out)))
+    perm_q = [where[j] if out[j] != 1 else next(units) for j in range(len(out))]
+    return [out[j] for j in order] + [1] * (len(out) - len(order)), perm_q
+
+
+def _split_groups(perm, mid: tuple[int, ...], out: tuple[int, ...]) -> dict[int, list[int]] | None:
+    """Source axis -> the positions of u's non-unit dims whose product is that axis's size, runs
+    taken in order; None when u's non-unit dims do not split the transposed ones that way."""
+    positions = iter(j for j in range(len(out)) if out[j] != 1)
+    groups: dict[int, list[int]] = {}
+    for axis, size in ((int(perm[i]), mid[i]) for i in range(len(mid)) if mid[i] != 1):
+        members, product = [], 1
+        while product < size and (j := next(positions, None)) is not None:
+            members.append(j)
+            product *= out[j]
+        if product != size:
+            return None
+        groups[axis] = members
+    return groups if next(positions, None) is None else None
