@@ -22,6 +22,8 @@ TRANSFORMS = [
     ("fuse-conv-bn", {}, 1e-4, 1e-4),
     ("absorb-const", {}, 1e-4, 1e-4),
     ("cleanup", {}, 1e-4, 1e-4),
+    ("fold-shapes", {}, 1e-4, 1e-4),
+    ("cse", {}, 1e-4, 1e-4),
     ("deploy", {}, 1e-4, 1e-4),
     ("fp16", {}, 2e-2, 2e-2),
     ("fp16-linear", {"fp16-linear": {"min_params": 1}}, 2e-2, 2e-2),

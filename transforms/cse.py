@@ -62,11 +62,13 @@ def _node_key(node: gs.Node) -> Hashable | None:
 
 
 def _tensor_key(tensor: gs.Tensor) -> Hashable:
+    # Checked before the empty-name rule: a Constant node's `value` attribute is an unnamed
+    # gs.Constant, and keying it as "" made every Constant node a duplicate of the first.
+    if isinstance(tensor, gs.Constant):
+        value = const_array(tensor)
+        return const_key(value) if value.size <= VALUE_KEY_ELEMENTS else id(tensor)
     if not tensor.name:
         return ""  # an omitted optional input
-    value = const_array(tensor) if isinstance(tensor, gs.Constant) else None
-    if value is not None and value.size <= VALUE_KEY_ELEMENTS:
-        return const_key(value)
     return id(tensor)
 
 

@@ -76,3 +76,23 @@ def test_deploy_merges_duplicates_exactly(rng):
     out, _ = run_pipeline(model, ["deploy"])
     assert ops(out).count("MatMul") == 1 and ops(out).count("Tanh") == 1, ops(out)
     assert_same_function(model, out, **FP32)
+
+
+def test_constant_nodes_merge_only_when_their_values_are_equal():
+    # A Constant node's value is an unnamed tensor: keyed by name, every Constant node looked
+    # like the first one, and `x * 1.5 * -0.5` became `x * 1.5 * 1.5` (found by fuzzing).
+    model = model_of("""g (float[2,1] x) => (float[2,1] y, float[2,1] z)
+                          {
+        c1 = Constant <value = float {1.5}> ()
+        c2 = Constant <value = float {-0.5}> ()
+        c3 = Constant <value = float {1.5}> ()
+        m = Mul (x, c1)
+        y = Mul (m, c2)
+        z = Mul (y, c3)
+    }""")
+    out, [report] = run_pipeline(model, ["cse"])
+    assert ops(out).count("Constant") == 2, report.details()
+    x = np.random.default_rng(0).normal(size=(2, 1)).astype(np.float32)
+    before, after = run_ort(model, {"x": x}), run_ort(out, {"x": x})
+    for name in ("y", "z"):
+        np.testing.assert_array_equal(before[name], after[name])
