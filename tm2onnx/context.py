@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .errors import ConversionError
+from .transforms.patterns import NameMaker
 
 SHAPE_DTYPE = np.int64
 BATCH_DIM = "batch"  # the graph inputs' axis 0 with dynamic_batch (exporter.BATCH_DIM)
@@ -32,7 +33,8 @@ class ExportContext:
         self._known: dict[Any, np.ndarray] = {}
         self._used_names: set[str] = set()
         self._node_names: set[str] = set()
-        self._counters: dict[int, dict[str, int]] = {}  # namespace id -> next suffix per base
+        self._tensor_namer = NameMaker(self._used_names)
+        self._node_namer = NameMaker(self._node_names)
         self._provenance_of: tuple[Any, dict[str, str]] = (None, {})  # for the current expr
         self._const_count = 0
         self._expr = None
@@ -51,21 +53,14 @@ class ExportContext:
 
     # ---- names -------------------------------------------------------------------------
     def unique(self, name: str, *, namespace: set[str] | None = None) -> str:
-        """`name`, or `name_1`, `name_2`... : tensors and nodes have separate namespaces.
-        A counter per base name keeps this O(1): probing `name_1, name_2, ...` one by one is
-        quadratic when thousands of nodes share a base (a module path, or `""`)."""
-        used = self._used_names if namespace is None else namespace
-        if name not in used:
-            used.add(name)
-            return name
-        counters = self._counters.setdefault(id(used), {})
-        index = counters.get(name, 1)
-        while f"{name}_{index}" in used:  # skips only names reserved by other means
-            index += 1
-        counters[name] = index + 1
-        candidate = f"{name}_{index}"
-        used.add(candidate)
-        return candidate
+        """`name`, or `name_1`, `name_2`... : tensors and nodes have separate namespaces, each
+        with the transforms' NameMaker (a counter per base: O(1) even when thousands of nodes
+        share a base such as a module path or `""`)."""
+        if namespace is None or namespace is self._used_names:
+            return self._tensor_namer(name)
+        if namespace is self._node_names:
+            return self._node_namer(name)
+        return NameMaker(namespace)(name)
 
     def node_name(self, name: str) -> str:
         return self.unique(name, namespace=self._node_names)
