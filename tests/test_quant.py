@@ -54,11 +54,11 @@ def inputs_for(shapes: list[tuple[int, ...]], seed: int = 7) -> list[np.ndarray]
 
 
 def check_steps(traced: Any, arrays: list[np.ndarray], *, steps: float = ONE_STEP,
-                levels: tuple[str, ...] = ("disable", "all"), **export_options: Any
-                ) -> onnx.ModelProto:
+                levels: tuple[str, ...] = ("disable", "all"), reference: Any = None,
+                **export_options: Any) -> onnx.ModelProto:
     """Export, run onnxruntime unoptimized (the ONNX semantics) and fully optimized (its int8
     kernels), and require every output element within `steps` quantization steps of
-    MegEngine; returns the model."""
+    MegEngine (`traced` itself, or the `reference` module); returns the model."""
     import megengine as mge
 
     import tm2onnx
@@ -66,7 +66,7 @@ def check_steps(traced: Any, arrays: list[np.ndarray], *, steps: float = ONE_STE
     from tm2onnx.runtime import run_model
 
     model = tm2onnx.export(traced, **export_options)
-    reference = traced(*[mge.Tensor(a) for a in arrays]).numpy()
+    reference = (reference or traced)(*[mge.Tensor(a) for a in arrays]).numpy()
     feeds = {value.name: array for value, array in zip(model.graph.input, arrays)}
     name = model.graph.output[0].name
     scale = output_scale(model, name)
