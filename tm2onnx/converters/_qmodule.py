@@ -40,14 +40,33 @@ def quantized_weight(ctx: ExportContext, module: Any, weight: np.ndarray | None 
     if isinstance(module, QUANTIZED):
         qp = from_dtype(ctx, module.weight.dtype, "weight")
         return layout(module.weight.numpy()).astype(np.int64), qp
-    qp = from_megengine(ctx, module.get_weight_qparams(), "weight")
-    values = layout(module.weight.numpy() if weight is None else weight)
-    if qp.per_channel and qp.scale.size != values.shape[axis]:
-        raise ConversionError(f"{ctx.module_path}: weight scale has {qp.scale.size} values for "
-                              f"weight shape {values.shape} (output channels on axis {axis})",
-                              where=ctx.source, hint="use one scale per tensor or per output "
-                                                     "channel (ungrouped)")
+    qparams = module.get_weight_qparams()
+    qp = from_megengine(ctx, qparams, "weight")
+    raw = module.weight.numpy() if weight is None else weight
+    values = layout(raw)
+    if qp.per_channel and not _scale_on_axis(qparams.scale, raw, layout, values, axis):
+        raise ConversionError(f"{ctx.module_path}: weight scale of shape "
+                              f"{tuple(qparams.scale.shape)} is not one scale per output channel "
+                              f"of weight {raw.shape} (ONNX weight {values.shape}, output "
+                              f"channels on axis {axis})", where=ctx.source,
+                              hint="use one scale per tensor or per output channel")
     return qp.quantize(values, axis), qp
+
+
+def _scale_on_axis(scale: Any, raw: np.ndarray, layout: Callable[[np.ndarray], np.ndarray],
+                   values: np.ndarray, axis: int) -> bool:
+    """Whether the scale MegEngine broadcasts over its weight layout is, in ONNX's layout, one
+    value per index of `axis` (what a per-axis DequantizeLinear expresses)."""
+    scale = np.asarray(scale.numpy() if hasattr(scale, "numpy") else scale, np.float32)
+    try:
+        placed = layout(np.broadcast_to(scale, raw.shape).copy())
+    except ValueError:
+        return False
+    if values.shape[axis] != scale.size:
+        return False
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    return np.array_equal(placed, np.broadcast_to(scale.reshape(shape), values.shape))
 
 
 def folded_bn(layer: Any, bn: Any, factor_shape: tuple[int, ...]
