@@ -1,6 +1,6 @@
 """Where MegEngine keeps a QAT / int8 module's quantization: output and weight parameters, the
-integer weight (BN folded with MegEngine's own ops), and its input as a DequantizeLinear.
-Shared by converters/quant*.py, which register the modules."""
+integer weight (BN folded with MegEngine's own ops), its input as a DequantizeLinear, and the
+quantized Conv / ConvTranspose emission. Shared by converters/quant*.py, which register them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,17 @@ import numpy as np
 
 from ..context import ExportContext
 from ..errors import ConversionError
-from ._qdq import QParams, from_dtype, from_megengine, quantized_input
+from ._qdq import (
+    QParams,
+    dq_bias,
+    dq_weight,
+    emit_qdq,
+    from_dtype,
+    from_megengine,
+    quantized_input,
+)
+from .conv import check_conv, emit_conv, ungrouped
+from .fused import _Hidden
 
 RELU_MODULES = (QAT.ConvRelu2d, QAT.ConvBnRelu2d, QAT.LinearRelu, QAT.ConvTransposeRelu2d,
                 QAT.ConvTransposeBnRelu2d, QAT.LinearBnRelu1d, Q.ConvRelu2d, Q.ConvBnRelu2d,
@@ -101,3 +111,28 @@ def quantized_operand(ctx: ExportContext, node: Any, module: Any) -> tuple[Any, 
                               where=ctx.source, hint="put a QuantStub before the first "
                                                      "quantized module")
     return value, scale
+
+
+def emit_quantized_conv(ctx: ExportContext, expr: Any, module: Any, conv: Any,
+                        weight: np.ndarray | None, bias: np.ndarray | None, *,
+                        transpose: bool = False) -> None:
+    """DQ(int8 weight), DQ(int32 bias) -> Conv / ConvTranspose -> Q[->Clip]->DQ. `conv` holds
+    stride/padding; `weight`/`bias` are the float (folded) ones, None to read the module's.
+    ONNX's ConvTranspose weight is (in, out/groups, kh, kw): per-channel scales on axis 1."""
+    check_conv(ctx, conv)
+    if getattr(conv, "padding_mode", "zeros") != "zeros":
+        raise ConversionError(f"{ctx.module_path}: padding_mode={conv.padding_mode!r} in a "
+                              "quantized conv is not supported", where=ctx.source,
+                              hint="use zero padding")
+    axis = 1 if transpose else 0
+    x, x_scale = quantized_operand(ctx, expr.inputs[1], module)
+    integers, wqp = quantized_weight(ctx, module, weight, layout=lambda w: ungrouped(w, 2),
+                                     axis=axis)
+    hidden = _Hidden(f"{ctx.base_name}/{'conv_transpose' if transpose else 'conv'}", np.float32)
+    emit_conv(ctx, x, dq_weight(ctx, "weight", integers, wqp, axis=axis),
+              dq_bias(ctx, "bias", bias, wqp, x_scale), [hidden], spatial=2,
+              stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+              groups=conv.groups, transpose=transpose,
+              output_padding=getattr(conv, "output_padding", 0))
+    emit_qdq(ctx, ctx.value_of(hidden), act_qparams(ctx, module), expr.outputs,
+             relu=isinstance(module, RELU_MODULES))

@@ -18,6 +18,7 @@ from ._qdq import check_opset, dq_bias, dq_weight, emit_qdq
 from ._qmodule import (
     RELU_MODULES,
     act_qparams,
+    emit_quantized_conv,
     float_bias,
     folded_bn,
     quantized_operand,
@@ -25,7 +26,6 @@ from ._qmodule import (
 )
 from ._util import normalize_axis
 from .activation import elemwise_module
-from .conv import check_conv, emit_conv, ungrouped
 from .fused import _Hidden
 from .misc import concat_module
 
@@ -63,21 +63,7 @@ def dequant_stub(ctx: ExportContext, expr: Any, module: Any) -> None:
                   Q.Conv2d, Q.ConvRelu2d, Q.ConvBn2d, Q.ConvBnRelu2d)
 def quantized_conv(ctx: ExportContext, expr: Any, module: Any) -> None:
     check_opset(ctx)
-    conv, weight, bias = conv_parts(module)
-    check_conv(ctx, conv)
-    if getattr(conv, "padding_mode", "zeros") != "zeros":
-        raise ConversionError(f"{ctx.module_path}: padding_mode={conv.padding_mode!r} in a "
-                              "quantized conv is not supported", where=ctx.source,
-                              hint="use zero padding")
-    x, x_scale = quantized_operand(ctx, expr.inputs[1], module)
-    integers, wqp = quantized_weight(ctx, module, weight, layout=lambda w: ungrouped(w, 2))
-    w = dq_weight(ctx, "weight", integers, wqp)
-    hidden = _Hidden(f"{ctx.base_name}/conv", np.float32)
-    emit_conv(ctx, x, w, dq_bias(ctx, "bias", bias, wqp, x_scale), [hidden], spatial=2,
-              stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-              groups=conv.groups)
-    emit_qdq(ctx, ctx.value_of(hidden), act_qparams(ctx, module), expr.outputs,
-             relu=isinstance(module, RELU_MODULES))
+    emit_quantized_conv(ctx, expr, module, *conv_parts(module))
 
 
 @module_converter(QAT.Linear, QAT.LinearRelu, QAT.LinearBn1d, QAT.LinearBnRelu1d, Q.Linear,

@@ -12,19 +12,9 @@ import numpy as np
 
 from ..context import ExportContext
 from . import module_converter
-from ._qdq import check_opset, dq_bias, dq_weight, emit_qdq
-from ._qmodule import (
-    RELU_MODULES,
-    act_qparams,
-    float_bias,
-    folded_bn,
-    quantized_operand,
-    quantized_weight,
-)
-from .conv import check_conv, emit_conv, ungrouped
-from .fused import _Hidden
+from ._qdq import check_opset
+from ._qmodule import emit_quantized_conv, float_bias, folded_bn
 
-OUTPUT_AXIS = 1  # ONNX ConvTranspose weight: (C_in, C_out / groups, kH, kW)
 QAT_BN = (QAT.ConvTransposeBn2d, QAT.ConvTransposeBnRelu2d)
 
 
@@ -46,15 +36,4 @@ def quantized_conv_transpose(ctx: ExportContext, expr: Any, module: Any) -> None
     conv_transpose2d takes no bias, no groups, no ReLU); they export what their QAT module
     computes, which `quantize` stored them from."""
     check_opset(ctx)
-    conv, weight, bias = deconv_parts(module)
-    check_conv(ctx, conv)
-    x, x_scale = quantized_operand(ctx, expr.inputs[1], module)
-    integers, wqp = quantized_weight(ctx, module, weight, layout=lambda w: ungrouped(w, 2),
-                                     axis=OUTPUT_AXIS)
-    w = dq_weight(ctx, "weight", integers, wqp, axis=OUTPUT_AXIS)
-    hidden = _Hidden(f"{ctx.base_name}/conv_transpose", np.float32)
-    emit_conv(ctx, x, w, dq_bias(ctx, "bias", bias, wqp, x_scale), [hidden], spatial=2,
-              stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-              groups=conv.groups, transpose=True, output_padding=conv.output_padding)
-    emit_qdq(ctx, ctx.value_of(hidden), act_qparams(ctx, module), expr.outputs,
-             relu=isinstance(module, RELU_MODULES))
+    emit_quantized_conv(ctx, expr, module, *deconv_parts(module), transpose=True)
