@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import ops
+from tests.helpers import assert_same_function, ops
 
 SIZE = 32
 BATCH = 16
@@ -97,7 +97,7 @@ def test_segmentation_decoder(megengine, tmp_path):
     """A ConvTransposeBnRelu2d upsampling decoder with a skip concat (models.quant
     QuantSegNetTiny): the QAT and int8 exports against MegEngine's QAT forward (its int8
     ConvTranspose with bias / ReLU does not run in MegEngine 1.13), in steps of the score
-    scale, and per-pixel class agreement."""
+    scale, and per-pixel class agreement; `deploy` keeps every Q/DQ and computes the same."""
     import megengine as mge
     import megengine.traced_module as tm
 
@@ -110,6 +110,7 @@ def test_segmentation_decoder(megengine, tmp_path):
         steps_apart,
     )
     from tm2onnx.runtime import run_model
+    from tm2onnx.transforms import run_pipeline
 
     shape = (4, 3, SIZE, SIZE)
     qat = tm.trace_module(calibrated_qat(QuantSegNetTiny(), shape),
@@ -122,6 +123,9 @@ def test_segmentation_decoder(megengine, tmp_path):
             ["Conv", "Conv", "ConvTranspose", "ConvTranspose", "Conv"]
         _, kernels = optimized_session(model, tmp_path / "optimized.onnx")
         assert kernels.count("QLinearConv") == 3 and kernels.count("ConvTranspose") == 2
+        lean, _ = run_pipeline(model, ["deploy"])  # folds nothing across a Q/DQ pair
+        assert sorted(ops(lean)) == sorted(op for op in ops(model) if op != "Identity")
+        assert_same_function(model, lean, rtol=0, atol=0)
     rng = np.random.default_rng(2024)
     worst, agree, pixels = dict.fromkeys(SEG_STEPS, 0.0), 0, 0
     for _ in range(ROUNDS):
