@@ -66,7 +66,8 @@ def check_steps(traced: Any, arrays: list[np.ndarray], *, steps: float = ONE_STE
     from tm2onnx.runtime import run_model
 
     model = tm2onnx.export(traced, **export_options)
-    reference = (reference or traced)(*[mge.Tensor(a) for a in arrays]).numpy()
+    reference = (traced if reference is None else reference)(
+        *[mge.Tensor(a) for a in arrays]).numpy()
     feeds = {value.name: array for value, array in zip(model.graph.input, arrays)}
     name = model.graph.output[0].name
     scale = output_scale(model, name)

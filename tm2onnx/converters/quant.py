@@ -1,6 +1,6 @@
-"""QAT (`quantize_qat`) and int8 (`quantize`) modules as QDQ ONNX: int8 weights with a
-DequantizeLinear, int32 biases, and QuantizeLinear->DequantizeLinear where MegEngine quantizes
-activations (module outputs, QuantStub). Registered for the exact classes; see _qdq.py."""
+"""QAT (`quantize_qat`) and int8 (`quantize`) modules as QDQ ONNX: int8 weights behind a
+DequantizeLinear, int32 biases, Q->DQ where MegEngine quantizes activations, for the exact
+classes (ConvTranspose: quant_deconv.py, BatchMatMulActivation: quant_bmm.py)."""
 
 from __future__ import annotations
 

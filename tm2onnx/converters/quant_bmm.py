@@ -37,8 +37,8 @@ def quantized_batch_matmul(ctx: ExportContext, expr: Any, module: Any) -> None:
     integers, wqp = quantized_weight(ctx, module, layout=lambda w: w.reshape(w.shape[:3]),
                                      axis=OUTPUT_AXIS)
     out = ctx.op("MatMul", [dq_weight(ctx, "weight", integers, wqp, axis=OUTPUT_AXIS), x])
-    per_channel = isinstance(module, QUANTIZED)  # stored (1, out, 1, 1)
+    int8 = isinstance(module, QUANTIZED)  # int8 adds its (1, out, 1, 1) bias per channel
     bias = dq_bias(ctx, "bias", float_bias(module), wqp, x_scale,
-                   shape=(-1, 1) if per_channel else (-1,))
+                   shape=(-1, 1) if int8 else (-1,))
     out = out if bias is None else ctx.op("Add", [out, bias])
     emit_qdq(ctx, out, act_qparams(ctx, module), expr.outputs, relu=mode == "relu")
