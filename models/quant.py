@@ -147,9 +147,32 @@ class QuantShuffleNetV1Tiny(M.Module):
         return self.dequant(self.fc(F.flatten(self.pool(x), 1)))
 
 
+# ---- a segmentation head: ConvTranspose upsampling decoder with a skip ------------------------
+class QuantSegNetTiny(M.Module):
+    """Two stride-2 ConvBnRelu encoder stages and an FCN / U-Net-style decoder: a
+    ConvTransposeBnRelu2d (x2) concatenated with the encoder skip, another back to input size,
+    then 1x1 per-pixel class scores."""
+
+    def __init__(self, num_classes: int = 5):
+        super().__init__()
+        self.quant, self.dequant = M.QuantStub(), M.DequantStub()
+        self.enc1 = M.ConvBnRelu2d(3, 16, 3, 2, 1, bias=False)
+        self.enc2 = M.ConvBnRelu2d(16, 32, 3, 2, 1, bias=False)
+        self.up1 = M.ConvTransposeBnRelu2d(32, 16, 4, 2, 1, bias=False)
+        self.concat = M.Concat()
+        self.up2 = M.ConvTransposeBnRelu2d(32, 16, 4, 2, 1)
+        self.classifier = M.Conv2d(16, num_classes, 1)
+
+    def forward(self, x):
+        skip = self.enc1(self.quant(x))
+        y = self.concat([self.up1(self.enc2(skip)), skip], 1)
+        return self.dequant(self.classifier(self.up2(y)))
+
+
 BUILDERS: dict[str, Callable[[], M.Module]] = {
     "conv_bn_concat": QuantConvBnConcat, "resnet18": QuantResNet18,
-    "mobilenet_v2": QuantMobileNetV2, "shufflenet_v1": QuantShuffleNetV1Tiny}
+    "mobilenet_v2": QuantMobileNetV2, "shufflenet_v1": QuantShuffleNetV1Tiny,
+    "seg_decoder": QuantSegNetTiny}
 
 
 # ---- QAT and int8 ----------------------------------------------------------------------------
@@ -160,12 +183,33 @@ def calibrated_qat(net: M.Module, *shapes: tuple[int, ...], qconfig: QConfig =
     mge.config.async_level = 0  # MegEngine's async CPU dispatch was seen computing wrong values
     rng = np.random.default_rng(seed)
     randomize(net, rng)
+    randomize_unseeded(net, rng)
     qat = quantize_qat(net, qconfig=qconfig)
     qat.train()
     for _ in range(steps):
         qat(*[mge.Tensor(rng.normal(0.0, 1.0, shape).astype(np.float32)) for shape in shapes])
     qat.eval()
     return qat
+
+
+def randomize_unseeded(net: M.Module, rng: np.random.Generator) -> None:
+    """Seeded weights and non-zero biases for the layers models.nets.randomize leaves to
+    MegEngine's own (unseeded) init and zero bias: ConvTranspose2d, BatchMatMulActivation.
+    He scaling over the inputs each output sums (in/groups * kh * kw / stride**2)."""
+    for _, module in sorted(net.named_modules(), key=lambda item: item[0]):
+        if isinstance(module, M.ConvTranspose2d):
+            kh, kw = module.kernel_size
+            sh, sw = module.stride
+            fan_in = max(module.in_channels // module.groups * kh * kw / (sh * sw), 1.0)
+        elif isinstance(module, M.BatchMatMulActivation):
+            fan_in = module.in_features
+        else:
+            continue
+        module.weight = mge.Parameter(rng.normal(0.0, (2.0 / fan_in) ** 0.5,
+                                                 module.weight.shape).astype(np.float32))
+        if module.bias is not None:
+            module.bias = mge.Parameter(rng.normal(0.0, 0.1, module.bias.shape)
+                                        .astype(np.float32))
 
 
 def traced_qat(name: str, shape: tuple[int, ...], **options) -> tm.TracedModule:

@@ -54,11 +54,11 @@ def inputs_for(shapes: list[tuple[int, ...]], seed: int = 7) -> list[np.ndarray]
 
 
 def check_steps(traced: Any, arrays: list[np.ndarray], *, steps: float = ONE_STEP,
-                levels: tuple[str, ...] = ("disable", "all"), **export_options: Any
-                ) -> onnx.ModelProto:
+                levels: tuple[str, ...] = ("disable", "all"), reference: Any = None,
+                **export_options: Any) -> onnx.ModelProto:
     """Export, run onnxruntime unoptimized (the ONNX semantics) and fully optimized (its int8
     kernels), and require every output element within `steps` quantization steps of
-    MegEngine; returns the model."""
+    MegEngine (`traced` itself, or the `reference` module); returns the model."""
     import megengine as mge
 
     import tm2onnx
@@ -66,7 +66,8 @@ def check_steps(traced: Any, arrays: list[np.ndarray], *, steps: float = ONE_STE
     from tm2onnx.runtime import run_model
 
     model = tm2onnx.export(traced, **export_options)
-    reference = traced(*[mge.Tensor(a) for a in arrays]).numpy()
+    reference = (traced if reference is None else reference)(
+        *[mge.Tensor(a) for a in arrays]).numpy()
     feeds = {value.name: array for value, array in zip(model.graph.input, arrays)}
     name = model.graph.output[0].name
     scale = output_scale(model, name)
@@ -287,14 +288,50 @@ def test_exact_classes_win_over_float_converters(megengine):
         assert MODULE_CONVERTERS[cls].__module__ == quant.__name__, cls
 
 
-def test_unconverted_quantized_classes_are_refused(megengine):
-    """qat.ConvTranspose2d subclasses M.ConvTranspose2d: refused by name, not run as float."""
+def test_every_quantized_class_has_a_qdq_converter(megengine):
+    """MegEngine 1.13's qat/quantized namespaces are covered: no class falls to the refusal
+    that guards classes a newer MegEngine might add."""
+    import inspect
+
+    import megengine.module.qat as QAT
+    import megengine.module.quantized as Q
+
+    from tm2onnx.converters import MODULE_CONVERTERS, load_all, quant
+
+    load_all()
+    classes = [cls for namespace, base in ((QAT, QAT.QATModule), (Q, Q.QuantizedModule))
+               for cls in vars(namespace).values()
+               if inspect.isclass(cls) and issubclass(cls, base) and cls is not base]
+    assert len(classes) == 34
+    assert all(MODULE_CONVERTERS[cls] is not quant._refuse for cls in classes)
+
+
+def test_subclass_overriding_forward_is_refused(megengine):
+    """A user subclass of qat.ConvTranspose2d that changes forward is refused by name, not
+    exported with the base's QDQ converter (which would drop what its forward adds)."""
+    import megengine as mge
     import megengine.module as M
+    import megengine.module.qat as QAT
+    import megengine.traced_module as tm
+    from megengine.quantization import quantize_qat
 
     import tm2onnx
-    from tm2onnx.errors import ConversionError
+    from tm2onnx.errors import Tm2OnnxError
 
-    shapes = [(2, 3, 8, 8)]
-    traced = traced_qat(lambda: M.ConvTranspose2d(3, 4, 3), shapes)
-    with pytest.raises(ConversionError, match="inner: .*qat.*ConvTranspose2d has no QDQ"):
+    class Doubled(QAT.ConvTranspose2d):
+        def forward(self, inp):
+            return super().forward(inp) * 2
+
+    tm.register_as_builtin(Doubled)  # traced as one module call, as MegEngine's own are
+
+    class Deconv(M.ConvTranspose2d):  # quantize_qat maps it to Doubled
+        pass
+
+    shape = (2, 3, 8, 8)
+    qat = quantize_qat(_stubbed(lambda: Deconv(3, 4, 3)), mapping={Deconv: Doubled})
+    qat.train()
+    qat(mge.Tensor(inputs_for([shape])[0]))
+    qat.eval()
+    traced = tm.trace_module(qat, mge.Tensor(np.zeros(shape, np.float32)))
+    with pytest.raises(Tm2OnnxError, match="Doubled.*overrides forward of M.qat.ConvTranspose2d"):
         tm2onnx.export(traced)

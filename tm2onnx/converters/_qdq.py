@@ -222,16 +222,18 @@ def dq_weight(ctx: ExportContext, name: str, integers: np.ndarray, qp: QParams,
 
 
 def dq_bias(ctx: ExportContext, name: str, bias: np.ndarray | None, weight_qp: QParams,
-            input_scale: Any) -> Any:
+            input_scale: Any, shape: tuple[int, ...] = (-1,)) -> Any:
     """Bias as int32 at scale input_scale * weight_scale (what MegEngine's int8 kernels and QAT's
-    fake_quant_bias use); float when the input is not quantized."""
+    fake_quant_bias use); float when the input is not quantized. `shape` reshapes the stored
+    initializer (per-channel scales stay on axis 0): a Reshape after the DequantizeLinear would
+    make onnxruntime's QDQ propagation insert an int32 QuantizeLinear, invalid at opset 13."""
     if bias is None:
         return None
     if input_scale is None or not isinstance(input_scale, gs.Constant):
-        return ctx.param(name, bias.astype(np.float32))
+        return ctx.param(name, bias.astype(np.float32).reshape(shape))
     scale = (np.float32(input_scale.values.reshape(-1)[0]) * weight_qp.scale).astype(np.float32)
     qp = QParams(scale, np.zeros(scale.shape, np.int64), *INT32)
-    return dq_weight(ctx, name, qp.quantize(bias.reshape(-1)), qp)
+    return dq_weight(ctx, name, qp.quantize(bias.reshape(-1)).reshape(shape), qp)
 
 
 def output_steps(model: onnx.ModelProto) -> dict[str, float]:

@@ -1,13 +1,12 @@
-"""QAT (`quantize_qat`) and int8 (`quantize`) modules as QDQ ONNX: int8 weights with a
-DequantizeLinear, int32 biases, and QuantizeLinear->DequantizeLinear where MegEngine quantizes
-activations (module outputs, QuantStub). Registered for the exact classes; see _qdq.py."""
+"""QAT (`quantize_qat`) and int8 (`quantize`) modules as QDQ ONNX: int8 weights behind a
+DequantizeLinear, int32 biases, Q->DQ where MegEngine quantizes activations, for the exact
+classes (ConvTranspose: quant_deconv.py, BatchMatMulActivation: quant_bmm.py)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 from typing import Any
 
-import megengine.functional as F
 import megengine.module.qat as QAT
 import megengine.module.quantized as Q
 import numpy as np
@@ -15,76 +14,37 @@ import numpy as np
 from ..context import ExportContext
 from ..errors import ConversionError
 from . import module_converter
-from ._qdq import (
-    QParams,
-    check_opset,
-    dq_bias,
-    dq_weight,
-    emit_qdq,
-    from_dtype,
-    from_megengine,
-    quantized_input,
+from ._qdq import check_opset, dq_bias, dq_weight, emit_qdq
+from ._qmodule import (
+    RELU_MODULES,
+    act_qparams,
+    emit_quantized_conv,
+    float_bias,
+    folded_bn,
+    quantized_operand,
+    quantized_weight,
 )
 from ._util import normalize_axis
 from .activation import elemwise_module
-from .conv import check_conv, emit_conv, ungrouped
 from .fused import _Hidden
 from .misc import concat_module
-
-RELU_MODULES = (QAT.ConvRelu2d, QAT.ConvBnRelu2d, QAT.LinearRelu, Q.ConvRelu2d,
-                Q.ConvBnRelu2d, Q.LinearRelu)
-QUANTIZED = (Q.QuantStub, Q.DequantStub, Q.Conv2d, Q.ConvRelu2d, Q.ConvBn2d, Q.ConvBnRelu2d,
-             Q.Linear, Q.LinearRelu, Q.Elemwise, Q.Concat)
-
-
-# ---- where MegEngine keeps the parameters ------------------------------------------------------
-def act_qparams(ctx: ExportContext, module: Any) -> QParams:
-    """The output quantization MegEngine's `quantize` would give this module."""
-    if isinstance(module, QUANTIZED):
-        return from_dtype(ctx, getattr(module, "output_dtype", None), "output")
-    return from_megengine(ctx, module.get_activation_qparams(), "activation")
-
-
-def quantized_weight(ctx: ExportContext, module: Any, weight: np.ndarray | None = None
-                     ) -> tuple[np.ndarray, QParams]:
-    """Integer weight and its parameters: stored int8 for int8 modules, else the float (folded)
-    weight quantized with the weight observer / fake-quant's scale."""
-    if isinstance(module, QUANTIZED):
-        qp = from_dtype(ctx, module.weight.dtype, "weight")
-        return module.weight.numpy().astype(np.int64), qp
-    qp = from_megengine(ctx, module.get_weight_qparams(), "weight")
-    values = module.weight.numpy() if weight is None else weight
-    if qp.per_channel and qp.scale.size != values.shape[0] * (values.shape[1]
-                                                               if values.ndim == 5 else 1):
-        raise ConversionError(f"{ctx.module_path}: weight scale has {qp.scale.size} values for "
-                              f"weight shape {values.shape}", where=ctx.source,
-                              hint="use one scale per tensor or per output channel")
-    return qp.quantize(ungrouped(values, 2) if values.ndim == 5 else values), qp
-
-
-def folded_conv_bn(module: Any) -> tuple[np.ndarray, np.ndarray]:
-    """qat.ConvBn2d's eval-mode fold, with MegEngine's own ops in its order (calc_conv_bn_qat):
-    the folded weight is what gets quantized."""
-    conv, bn = module.conv, module.bn
-    channels = bn.num_features
-    gamma = (bn.weight if bn.weight is not None else F.ones(channels)).reshape(1, -1, 1, 1)
-    beta = (bn.bias if bn.bias is not None else F.zeros(channels)).reshape(1, -1, 1, 1)
-    bias = conv.bias if conv.bias is not None else F.zeros(conv._infer_bias_shape())
-    istd = 1.0 / F.sqrt(bn.running_var + bn.eps)
-    factor = gamma * istd
-    shape = (-1, 1, 1, 1) if conv.groups == 1 else (conv.groups, -1, 1, 1, 1)
-    weight = conv.weight * factor.reshape(*shape)
-    bias = beta + gamma * (bias - bn.running_mean) * istd
-    return weight.numpy(), bias.numpy().reshape(-1)
 
 
 def conv_parts(module: Any) -> tuple[Any, np.ndarray | None, np.ndarray | None]:
     """(the Conv2d holding stride/padding, float weight to quantize or None, float bias)."""
     if isinstance(module, QAT.ConvBn2d | QAT.ConvBnRelu2d):
-        weight, bias = folded_conv_bn(module)
-        return module.conv, weight, bias
-    bias = None if module.bias is None else module.bias.numpy().reshape(-1)
-    return module, None, bias
+        conv = module.conv
+        shape = (-1, 1, 1, 1) if conv.groups == 1 else (conv.groups, -1, 1, 1, 1)
+        return conv, *folded_bn(conv, module.bn, shape)
+    return module, None, float_bias(module)
+
+
+def linear_parts(module: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(float weight to quantize or None, float bias); qat.LinearBn folds BN as MegEngine's
+    calc_linear_bn_qat does (int8 LinearBn modules store the folded weight and bias)."""
+    if isinstance(module, QAT.LinearBn1d | QAT.LinearBnRelu1d):
+        return folded_bn(module.linear, module.bn, (-1, 1))
+    return None, float_bias(module)
 
 
 # ---- converters ---------------------------------------------------------------------------------
@@ -103,29 +63,16 @@ def dequant_stub(ctx: ExportContext, expr: Any, module: Any) -> None:
                   Q.Conv2d, Q.ConvRelu2d, Q.ConvBn2d, Q.ConvBnRelu2d)
 def quantized_conv(ctx: ExportContext, expr: Any, module: Any) -> None:
     check_opset(ctx)
-    conv, weight, bias = conv_parts(module)
-    check_conv(ctx, conv)
-    if getattr(conv, "padding_mode", "zeros") != "zeros":
-        raise ConversionError(f"{ctx.module_path}: padding_mode={conv.padding_mode!r} in a "
-                              "quantized conv is not supported", where=ctx.source,
-                              hint="use zero padding")
-    x, x_scale = _input(ctx, expr.inputs[1], module)
-    integers, wqp = quantized_weight(ctx, module, weight)
-    w = dq_weight(ctx, "weight", ungrouped(integers, 2), wqp)
-    hidden = _Hidden(f"{ctx.base_name}/conv", np.float32)
-    emit_conv(ctx, x, w, dq_bias(ctx, "bias", bias, wqp, x_scale), [hidden], spatial=2,
-              stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-              groups=conv.groups)
-    emit_qdq(ctx, ctx.value_of(hidden), act_qparams(ctx, module), expr.outputs,
-             relu=isinstance(module, RELU_MODULES))
+    emit_quantized_conv(ctx, expr, module, *conv_parts(module))
 
 
-@module_converter(QAT.Linear, QAT.LinearRelu, Q.Linear, Q.LinearRelu)
+@module_converter(QAT.Linear, QAT.LinearRelu, QAT.LinearBn1d, QAT.LinearBnRelu1d, Q.Linear,
+                  Q.LinearRelu, Q.LinearBn1d, Q.LinearBnRelu1d)
 def quantized_linear(ctx: ExportContext, expr: Any, module: Any) -> None:
     check_opset(ctx)
-    x, x_scale = _input(ctx, expr.inputs[1], module)
-    integers, wqp = quantized_weight(ctx, module)
-    bias = None if module.bias is None else module.bias.numpy().reshape(-1)
+    x, x_scale = quantized_operand(ctx, expr.inputs[1], module)
+    weight, bias = linear_parts(module)
+    integers, wqp = quantized_weight(ctx, module, weight)
     bias = dq_bias(ctx, "bias", bias, wqp, x_scale)
     if len(expr.inputs[1].shape) == 2:
         out = ctx.op("Gemm", [x, dq_weight(ctx, "weight", integers, wqp)]
@@ -146,7 +93,7 @@ def quantized_elemwise(ctx: ExportContext, expr: Any, module: Any) -> None:
     mode = mode[1:] if isinstance(module, Q.Elemwise) else mode  # quantized: "q" + mode
     qp = act_qparams(ctx, module)
     if mode in ("add", "fuse_add_relu"):
-        operands = [_input(ctx, node, module)[0] for node in expr.args[1:]]
+        operands = [quantized_operand(ctx, node, module)[0] for node in expr.args[1:]]
         emit_qdq(ctx, ctx.op("Add", operands), qp, expr.outputs, relu=mode != "add")
         return
     hidden = [_Hidden(f"{ctx.base_name}/{mode}", np.float32)]
@@ -159,7 +106,7 @@ def quantized_concat(ctx: ExportContext, expr: Any, module: Any) -> None:
     check_opset(ctx)
     args = expr.named_args
     if all(hasattr(node, "expr") for node in args["inps"]):
-        pieces = [_input(ctx, node, module)[0] for node in args["inps"]]
+        pieces = [quantized_operand(ctx, node, module)[0] for node in args["inps"]]
         axis = normalize_axis(int(args["axis"]), len(expr.outputs[0].shape))
         out = ctx.op("Concat", pieces, axis=axis)
     else:
@@ -181,19 +128,6 @@ class _Retargeted:
         return getattr(self._expr, name)
 
 
-def _input(ctx: ExportContext, node: Any, module: Any) -> tuple[Any, Any]:
-    """A quantized op's input as a DequantizeLinear output. QAT modules take float input where
-    MegEngine did not fake-quantize it; int8 modules always run on quantized input."""
-    int8 = isinstance(module, QUANTIZED)
-    value, scale = quantized_input(ctx, node, rounded=int8)
-    if int8 and scale is None:
-        raise ConversionError(f"{ctx.module_path}: cannot tell the quantization of input "
-                              f"'{node.name}' (no QuantStub or quantized module before it)",
-                              where=ctx.source, hint="put a QuantStub before the first "
-                                                     "quantized module")
-    return value, scale
-
-
 def _refuse(ctx: ExportContext, expr: Any, module: Any) -> None:
     raise ConversionError(f"{ctx.module_path}: {type(module).__module__}."
                           f"{type(module).__name__} has no QDQ converter yet", where=ctx.source,
@@ -201,8 +135,8 @@ def _refuse(ctx: ExportContext, expr: Any, module: Any) -> None:
 
 
 def _register_refusals() -> None:
-    """Every other QAT/int8 class (ConvTranspose*, LinearBn*, BatchMatMulActivation) subclasses
-    a float module; the MRO lookup would convert it as float, dropping its quantization."""
+    """Any other QAT/int8 class (a newer MegEngine's) may subclass a float module; the MRO
+    lookup would convert it as float, dropping its quantization."""
     import inspect
 
     from . import MODULE_CONVERTERS
@@ -213,5 +147,7 @@ def _register_refusals() -> None:
                     and cls not in MODULE_CONVERTERS):
                 module_converter(cls)(_refuse)
 
+
+from . import quant_bmm, quant_deconv  # noqa: F401  (register before the refusals)
 
 _register_refusals()
