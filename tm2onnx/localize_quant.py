@@ -17,6 +17,7 @@ from .runtime.steps import StepCount, activation_grids, count_steps
 
 MAX_STEPS = 1          # a layer may differ by one step (ties and near-ties), never more
 FORCED_SAMPLES = 8     # samples teacher-forced; end-to-end statistics use every run
+LISTED = 12            # tensors named in the one-step line (all of them in to_dict)
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,11 @@ class ForcedReport:
         lines = [head]
         stepped = [t for t in quantized if t.steps.one and t.passed]
         if stepped:
+            shown = ", ".join(f"{t.name} {t.steps.one}/{t.steps.size}"
+                              for t in stepped[:LISTED])
+            more = f", ... {len(stepped) - LISTED} more" if len(stepped) > LISTED else ""
             lines.append(f"  one-step differences (ties, near-ties) in {len(stepped)} tensors: "
-                         + ", ".join(f"{t.name} {t.steps.one}/{t.steps.size}"
-                                     for t in stepped))
+                         f"{shown}{more}")
         lines += [f"  not forced: {t.name} ({t.note})" for t in self.tensors
                   if not t.forced and t.note]
         lines += [f"  graph output {name} has no MegEngine counterpart"
