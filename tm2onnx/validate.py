@@ -66,8 +66,10 @@ class ValidationReport:
         return "\n".join(lines)
 
     def _quantized(self) -> list[str]:
-        lines = [f"end to end (no forcing; reported, not the verdict: one-step flips at ties "
-                 f"compound over layers), {self.runs} run{'s' * (self.runs != 1)}:"]
+        runs = f"{self.runs} run{'s' * (self.runs != 1)}"
+        head = (f"end to end (no forcing; reported, not the verdict: one-step flips at ties "
+                f"compound over layers), {runs}:")
+        lines = [head]
         lines += [steps.row() for steps in self.steps]
         lines += [d.row() for d in self.comparison.diffs
                   if d.name not in {steps.name for steps in self.steps}]
