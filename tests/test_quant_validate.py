@@ -193,3 +193,26 @@ def test_explicit_atol_compares_end_to_end(megengine, qat_files, tmp_path, capsy
                                   "--atol", "1e-9")
     assert report["verdict"] == "end-to-end" and report["teacher_forced"] is None
     assert code == 1 and not report["comparison"]["passed"]  # quantized logits differ
+
+
+def test_every_quantized_module_output_is_forced(megengine, traced_qat):
+    """Outputs of modules nested two deep take the caller's node name in the ONNX graph
+    (`_1_out` for features.1.body.1): matched through the interpreter's aliases, so no layer
+    reads MegEngine's own (unforced) value and differences cannot compound between layers."""
+    import megengine.module.qat as QAT
+
+    import tm2onnx
+    from tm2onnx.localize_quant import shared_names, teacher_forced
+    from tm2onnx.runtime.inputs import random_feeds
+    from tm2onnx.runtime.megengine_ref import interpret
+
+    traced = traced_qat["mobilenet_v2"]
+    model = tm2onnx.export(traced)
+    feeds = random_feeds(model, seed=0)
+    names = shared_names(model, interpret(traced, list(feeds.values())))
+    assert names["features__1_body__1_out"] == "_1_out"
+    modules = {path for path, m in traced.named_modules() if isinstance(m, QAT.QATModule)
+               and not isinstance(m, QAT.DequantStub)}
+    forced = teacher_forced(model, traced, [feeds])
+    by_module = {t.origin.get("module") for t in forced.quantized if t.forced}
+    assert len(modules) > 30 and modules <= by_module, sorted(modules - by_module)

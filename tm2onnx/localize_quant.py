@@ -1,6 +1,6 @@
 """Teacher-forced check of a quantized (QDQ) export: MegEngine recomputes every tensor it shares
-with the ONNX model from onnxruntime's values of that tensor's inputs, so each layer is judged on
-its own, in quantization steps, and rounding flips at ties cannot compound (README#quantization)."""
+with the ONNX model from onnxruntime's values of that tensor's inputs, so each layer is judged
+on its own, in steps, and rounding flips cannot compound (README#validating-quantized-models)."""
 
 from __future__ import annotations
 
@@ -160,6 +160,7 @@ def shared_names(model: onnx.ModelProto, run: Any) -> dict[str, str]:
     from the same MegEngine node (its `qualname` metadata, when present, matches)."""
     made = {out: node for node in model.graph.node for out in node.output if out}
     found: dict[str, str] = {}
+    claimed: set[str] = set()
     for first in run.values:
         origin = run.origins.get(first)
         if origin is None:
@@ -169,8 +170,10 @@ def shared_names(model: onnx.ModelProto, run: Any) -> dict[str, str]:
         for name in [first, *run.aliases.get(first, [])]:
             node = made.get(name)
             meta = {p.key: p.value for p in node.metadata_props} if node is not None else {}
-            if node is not None and meta.get("qualname", origin.qualname) in qualnames:
+            if (node is not None and name not in claimed
+                    and meta.get("qualname", origin.qualname) in qualnames):
                 found[first] = name
+                claimed.add(name)
                 break
     return found
 
