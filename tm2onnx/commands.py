@@ -104,8 +104,8 @@ def _quantized_tolerance(model: onnx.ModelProto, args: argparse.Namespace,
 
     tolerances = _tolerances(args, _expanded_passes(args))
     if args.atol is None and has_activation_qdq(model):
-        progress.step("quantized model: every layer checked within one step of MegEngine "
-                      "(teacher-forced); --atol compares end to end instead")
+        progress.step("quantized model: tolerance one step per layer (teacher-forced against "
+                      "MegEngine); --atol compares end to end instead")
     return tolerances
 
 
