@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,7 @@ def run_traced(traced: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
             result = traced(*[mge.Tensor(np.asarray(x)) for x in inputs])
             if not isinstance(result, (tuple, list)):
                 result = (result,)
-            return [np.asarray(value.numpy()) for value in _flatten(result)]
+            return [to_numpy(value) for value in _flatten(result)]
     except Exception as err:  # MegEngine raises plain RuntimeError/AssertionError/...
         raise RunError(f"MegEngine failed to run the model: {type(err).__name__}: "
                        f"{' '.join(str(err).split())[:300]}") from err
@@ -83,10 +83,22 @@ class TracedTensor:
     expr: str
 
 
-class _Interpreter:
-    def __init__(self, traced: Any):
+# Teacher forcing: called with (ONNX name, MegEngine value) for each recorded tensor; a value
+# it returns replaces MegEngine's for the rest of the run.
+Replace = Callable[[str, Any], Any]
+
+
+class Interpreter:
+    """One interpreted run: `values`/`origins` by name, `aliases` (a tensor's first name ->
+    the names it takes as it leaves nested modules), `outputs` in graph order."""
+
+    def __init__(self, traced: Any, replace: Replace | None = None):
+        self.replace = replace
         self.values: dict[str, np.ndarray] = {}
         self.origins: dict[str, TracedTensor] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.outputs: list[np.ndarray] = []
+        self._first: dict[int, str] = {}  # id of a value object -> its first name
         self.env: dict[Any, Any] = {}
         self.paths: dict[Any, str] = {}
         self.root = traced
@@ -121,16 +133,25 @@ class _Interpreter:
         self.run(graph, module, self.paths.get(module_node, ""),
                  f"{prefix}{module_node.name}_")
         for outer, inner in zip(call.outputs, graph.outputs):
-            self.env[outer] = self.env[inner]
-            self._record(prefix + outer.name, outer, self.env[inner], call)
+            value = self.env[outer] = self.env[inner]
+            self._record(prefix + outer.name, outer, value, call)
+            if prefix and (first := self._first.get(id(value))) is not None:
+                # the exporter names an inlined module's output by the caller's node name,
+                # without the caller's prefix (ExportContext.adopt_name)
+                self.aliases.setdefault(first, []).append(outer.name)
 
     def _record(self, name: str, node: Any, value: Any, expr: Any) -> None:
         if name in self.values or not hasattr(value, "numpy"):
             return  # the exporter renames a repeated name: leave such tensors unmatched
-        self.values[name] = np.asarray(value.numpy())
+        first = self._first.setdefault(id(value), name)
+        if first != name:
+            self.aliases.setdefault(first, []).append(name)
+        self.values[name] = to_numpy(value)
         module = self.paths.get(expr.inputs[0], "") if expr.inputs else ""
         text = repr(expr).split("\t", 1)[-1]
         self.origins[name] = TracedTensor(name, module, node.qualname, text[:200])
+        if self.replace is not None and (forced := self.replace(name, value)) is not None:
+            self.env[node] = forced
 
 
 def _child_path(parent: str, expr: Any) -> str:
@@ -138,14 +159,22 @@ def _child_path(parent: str, expr: Any) -> str:
     return f"{parent}.{name}" if parent and name else name or parent
 
 
-def run_traced_all(traced: Any, inputs: Sequence[np.ndarray]
+def run_traced_all(traced: Any, inputs: Sequence[np.ndarray], *, replace: Replace | None = None
                    ) -> tuple[dict[str, np.ndarray], dict[str, TracedTensor], list[np.ndarray]]:
     """One interpreted run: every tensor's value and origin, keyed by ONNX tensor name, and
-    the graph outputs in order."""
+    the graph outputs in order. `replace` forces values (the values kept are MegEngine's own,
+    computed from the forced inputs)."""
+    run = interpret(traced, inputs, replace=replace)
+    return run.values, run.origins, run.outputs
+
+
+def interpret(traced: Any, inputs: Sequence[np.ndarray], *, replace: Replace | None = None
+              ) -> Interpreter:
+    """`traced` run expr by expr on `inputs` (nested TracedModules inlined)."""
     import megengine as mge
 
     traced.eval()
-    interpreter = _Interpreter(traced)
+    interpreter = Interpreter(traced, replace)
     for node, value in zip(traced.graph.inputs[1:], inputs):
         interpreter.env[node] = mge.Tensor(np.asarray(value))
         interpreter.values.setdefault(node.name, np.asarray(value))
@@ -155,8 +184,18 @@ def run_traced_all(traced: Any, inputs: Sequence[np.ndarray]
     except Exception as err:
         raise RunError(f"MegEngine failed to interpret the model: {type(err).__name__}: "
                        f"{' '.join(str(err).split())[:300]}") from err
-    outputs = [np.asarray(interpreter.env[node].numpy()) for node in traced.graph.outputs]
-    return interpreter.values, interpreter.origins, outputs
+    interpreter.outputs = [to_numpy(interpreter.env[node]) for node in traced.graph.outputs]
+    return interpreter
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A MegEngine tensor's real values: a quantized dtype (qint8, quint8, qint32) is
+    dequantized, where `.numpy()` would give its stored integers."""
+    from megengine.core.tensor.dtype import is_quantize
+
+    if is_quantize(value.dtype):
+        value = value.astype("float32")
+    return np.asarray(value.numpy())
 
 
 def _flatten(values: Any) -> list:

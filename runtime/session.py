@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -74,24 +76,31 @@ def run_all(model: onnx.ModelProto, feeds: dict[str, np.ndarray], **session_opti
     """Every intermediate tensor's value from one run (Polygraphy's `--mark all`), graph
     optimizations off by default so that no tensor is fused away."""
     session_options.setdefault("opt_level", "disable")
-    added = _expose_all(model)
+    names = [name for node in model.graph.node for name in node.output if name]
+    return run_model(exposing_session(model, names, **session_options), feeds)
+
+
+def exposing_session(model: onnx.ModelProto, names: Iterable[str], **session_options
+                     ) -> ort.InferenceSession:
+    """A session whose outputs are the graph outputs and `names` (intermediate tensors). With
+    optimizations on, onnxruntime still fuses Q/DQ pairs into int8 kernels around an exposed
+    DequantizeLinear output (it copies the DequantizeLinear), so the values are its kernels'."""
+    added = _expose(model, names)
     try:  # the outputs are added and removed in place: a copy of every weight costs seconds
-        session = make_session(model.SerializeToString(), **session_options)
+        return make_session(model.SerializeToString(), **session_options)
     finally:
         for _ in range(added):
             model.graph.output.pop()
-    return run_model(session, feeds)
 
 
-def _expose_all(model: onnx.ModelProto) -> int:
+def _expose(model: onnx.ModelProto, names: Iterable[str]) -> int:
     present = {o.name for o in model.graph.output}
     added = 0
-    for node in model.graph.node:
-        for name in node.output:
-            if name and name not in present:
-                model.graph.output.append(onnx.ValueInfoProto(name=name))
-                present.add(name)
-                added += 1
+    for name in names:
+        if name and name not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+            added += 1
     return added
 
 

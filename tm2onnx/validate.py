@@ -12,11 +12,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from .localize_quant import ForcedReport
 from .localize_report import Localization
 from .runtime import Comparison, compare
-from .runtime.compare import DEFAULT_ATOL_SCALE, DEFAULT_RTOL, merge
+from .runtime.compare import DEFAULT_ATOL_SCALE, DEFAULT_RTOL, Tolerance, merge
 from .runtime.inputs import int_ranges, load_inputs, random_feeds
 from .runtime.session import make_session, provider, run_model
+from .runtime.steps import OutputSteps, activation_grids, has_activation_qdq, output_steps
 
 DEFAULT_ATOL = None  # scaled to each output: DEFAULT_ATOL_SCALE * max|reference|
 Feeds = dict[str, np.ndarray]
@@ -37,9 +39,12 @@ class ValidationReport:
     strict: bool = False
     localization: Localization | None = None
     reference_device: str = ""  # the provider that ran an ONNX reference
+    steps: tuple[OutputSteps, ...] = ()  # quantized outputs end to end, in steps
+    forced: ForcedReport | None = None  # the verdict on a QDQ model against MegEngine
 
     def __bool__(self) -> bool:
-        return bool(self.comparison) and not (self.strict and self.warnings)
+        verdict = self.comparison if self.forced is None else self.forced
+        return bool(verdict) and not (self.strict and self.warnings)
 
     def __str__(self) -> str:
         inputs = ", ".join(f"{name} {list(shape)} {dtype}"
@@ -50,13 +55,25 @@ class ValidationReport:
                  f"inputs:   {inputs}   ({self.source or f'seed {self.seed}'})"]
         lines += [f"ints:     {name} in [{lo}, {hi}) ({why})"
                   for name, (lo, hi, why) in (self.int_ranges or {}).items()]
-        lines.append(str(self.comparison))
+        lines += self._quantized() if self.forced is not None else [str(self.comparison)]
         lines += [f"WARNING: {text}" + (" (--strict: counted as a failure)" if self.strict else "")
                   for text in self.warnings]
-        lines.append(self._needed())
+        lines.append(self._needed() if self.forced is None else
+                     f"verdict:  {'PASS' if self else 'FAIL'} (per layer, teacher-forced; "
+                     f"--atol compares end to end instead)")
         if self.localization is not None:
             lines.append(str(self.localization))
         return "\n".join(lines)
+
+    def _quantized(self) -> list[str]:
+        runs = f"{self.runs} run{'s' * (self.runs != 1)}"
+        head = (f"end to end (no forcing; reported, not the verdict: one-step flips at ties "
+                f"compound over layers), {runs}:")
+        lines = [head]
+        lines += [steps.row() for steps in self.steps]
+        lines += [d.row() for d in self.comparison.diffs
+                  if d.name not in {steps.name for steps in self.steps}]
+        return lines + [str(self.forced)]
 
     def _needed(self) -> str:
         diffs = [d for d in self.comparison.diffs if np.isfinite(d.needed_atol)]
@@ -77,7 +94,10 @@ class ValidationReport:
                 "warnings": list(self.warnings), "strict": self.strict,
                 "comparison": self.comparison.to_dict(),
                 "localization": (self.localization.to_dict() if self.localization is not None
-                                 else None)}
+                                 else None),
+                "verdict": "end-to-end" if self.forced is None else "teacher-forced",
+                "end_to_end_steps": [steps.to_dict() for steps in self.steps],
+                "teacher_forced": self.forced.to_dict() if self.forced is not None else None}
 
     def to_json(self) -> str:
         """Strict JSON: inf/NaN statistics become the strings "inf"/"nan"."""
@@ -85,10 +105,13 @@ class ValidationReport:
 
 
 def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "model.onnx",
-                      reference: str = "MegEngine", **options: Any) -> ValidationReport:
+                      reference: str = "MegEngine", teacher_forced: bool | str = "auto",
+                      **options: Any) -> ValidationReport:
     """Compare onnxruntime with MegEngine; inputs and outputs match by position.
     Options: see `_validate` (seed, runs, inputs, dims, int_range, device, rtol, atol,
-    atol_scale, strict, localize)."""
+    atol_scale, strict, localize). `teacher_forced` ("auto": a model quantizing activations,
+    no explicit atol): the verdict is the per-layer check of localize_quant, end-to-end
+    differences are reported in steps."""
     from .runtime.megengine_ref import run_traced
 
     names = [output.name for output in model.graph.output]
@@ -96,8 +119,16 @@ def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "mo
     def run_reference(feeds: Feeds) -> Feeds:
         return dict(zip(names, run_traced(traced, list(feeds.values()))))
 
+    forced = None
+    if teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is None
+                                  and has_activation_qdq(model)):
+        from .localize_quant import teacher_forced as check
+
+        def forced(samples: list[Feeds], device: str, tolerance: Tolerance) -> ForcedReport:
+            return check(model, traced, samples, device=device, tolerance=tolerance)
+
     return _validate(model, traced, run_reference, subject=subject, reference=reference,
-                     reference_device="", **options)
+                     reference_device="", forced=forced, **options)
 
 
 def against_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto, *,
@@ -125,18 +156,29 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
               dims: dict[str, int] | None = None, int_range: tuple[int, int] | None = None,
               device: str = "cpu", rtol: float = DEFAULT_RTOL, atol: float | None = DEFAULT_ATOL,
               atol_scale: float = DEFAULT_ATOL_SCALE, strict: bool = False,
-              localize: bool | str = "auto") -> ValidationReport:
-    """`localize`: True always, "auto" when outputs differ, False never."""
+              localize: bool | str = "auto", forced: Callable | None = None) -> ValidationReport:
+    """`localize`: True always, "auto" when outputs differ (and no `forced` check names the
+    layer), False never. `forced(samples, device, tolerance)`: the teacher-forced verdict."""
     samples, source = _samples(model, inputs, seed, runs, dims, int_range)
     session = make_session(model, device=device)
-    comparison = None
+    grids = activation_grids(model) if forced is not None else {}
+    if forced is not None and atol is None and (out := [grids[o.name] for o in model.graph.output
+                                                        if o.name in grids]):
+        atol = max(out) * (1 + 1e-3)  # the end-to-end table: one step of the outputs
+    comparison, steps = None, {}
     for index, feeds in enumerate(samples):
-        result = compare(run_reference(feeds), run_model(session, feeds), rtol=rtol, atol=atol,
-                         atol_scale=atol_scale)
+        reference_values, values = run_reference(feeds), run_model(session, feeds)
+        result = compare(reference_values, values, rtol=rtol, atol=atol, atol_scale=atol_scale)
         comparison = result if comparison is None else merge(comparison, result, runs=index)
+        for name, found in output_steps(reference_values, values, grids).items():
+            steps[name] = steps[name].merged(found) if name in steps else found
     warnings = tuple(_input_warnings(samples) + comparison.warnings)
+    verdict = None
+    if forced is not None:
+        verdict = forced(samples, _device_of(provider(session)),
+                         Tolerance(rtol, None, atol_scale))
     found = None
-    if localize is True or (localize == "auto" and not comparison):
+    if localize is True or (localize == "auto" and not comparison and verdict is None):
         from .localize import localize as run_localize
 
         found = run_localize(model, reference_obj, feeds=samples[0], device=device,
@@ -147,7 +189,8 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
     return ValidationReport(subject, reference, _device_of(provider(session)), seed,
                             _describe(samples[0]), comparison, len(samples), source, ranges,
                             warnings, strict, found,
-                            reference_device and _device_of(reference_device))
+                            reference_device and _device_of(reference_device),
+                            tuple(steps.values()), verdict)
 
 
 def _samples(model: onnx.ModelProto, inputs: Any, seed: int, runs: int,

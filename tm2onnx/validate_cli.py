@@ -29,7 +29,9 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
                             "position), npy files by position; a leading N where the model "
                             "takes 1 runs N samples")
     group.add_argument("--runs", type=int, default=1, metavar="K",
-                       help="random feeds with seeds SEED..SEED+K-1; worst case reported")
+                       help="random feeds with seeds SEED..SEED+K-1; worst case reported "
+                            "(quantized models: end-to-end steps and top-1 over all K, the "
+                            "per-layer check on the first 8)")
     group.add_argument("--int-range", metavar="LO,HI",
                        help="integer inputs drawn from [LO, HI) (default: the size of the "
                             "table they index, else [0, 10))")
