@@ -99,11 +99,9 @@ def test_int8_model_validates_layer_by_layer(megengine, int8_traced, name):
     assert all(t.steps is not None and t.steps.on_grid for t in unrounded)
 
 
-@pytest.mark.xfail(strict=True, reason="export of an int8 model traced after `quantize` "
-                   "declares DequantizeLinear outputs with the traced qint8 dtype, which "
-                   "onnxruntime refuses to load (converters/_qdq, context); a `quantize`d "
-                   "TracedModule does not unpickle in MegEngine 1.13 either")
 def test_int8_file_export_validate(megengine, tmp_path, capsys):
+    # An int8 model traced after eager `quantize`: MegEngine's nodes carry qint8 dtypes, which
+    # the export must declare as the float32 its DequantizeLinear outputs give.
     import megengine as mge
     import megengine.traced_module as tm
     from megengine.quantization import quantize
@@ -116,6 +114,13 @@ def test_int8_file_export_validate(megengine, tmp_path, capsys):
     with open(path, "wb") as handle:
         pickle.dump(tm.trace_module(int8, mge.Tensor(np.zeros(SHAPE, np.float32))), handle)
     assert main(["export", str(path), "-o", str(tmp_path / "int8.onnx"), "--validate"]) == 0
+    model = onnx.load(tmp_path / "int8.onnx")
+    declared = {v.name: v.type.tensor_type.elem_type
+                for v in [*model.graph.value_info, *model.graph.output]}
+    dequantized = [n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert {declared.get(name, onnx.TensorProto.FLOAT) for name in dequantized} == {
+        onnx.TensorProto.FLOAT}
+    assert any(name in declared for name in dequantized)
 
 
 def _export(qat_files, name: str, tmp_path) -> str:

@@ -204,7 +204,7 @@ class ExportContext:
             shape = [None] * len(shape)  # rank only: the sizes depend on the data
         elif self.dynamic_batch or shape is None:
             shape = None
-        return gs.Variable(name, dtype=np.dtype(dtype) if dtype is not None else None,
+        return gs.Variable(name, dtype=exported_dtype(dtype),
                            shape=list(shape) if shape is not None else None)
 
     def _provenance(self) -> dict[str, str]:
@@ -267,3 +267,14 @@ def _expr_text(expr: Any, names: dict[str, str]) -> str:
         pattern = "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
         text = re.sub(rf"(?<![\w.])({pattern})(?![\w.])", lambda m: names[m.group(1)], text)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def exported_dtype(dtype: Any) -> np.dtype | None:
+    """The ONNX dtype of a tensor MegEngine traced with `dtype`: a quantized dtype (qint8,
+    quint8, qint32: int8/uint8/int32 with an `mgb_dtype` tag) is exported as the float32 its
+    DequantizeLinear gives, never as the storage integer."""
+    if dtype is None:
+        return None
+    if (getattr(dtype, "metadata", None) or {}).get("mgb_dtype"):
+        return np.dtype(np.float32)
+    return np.dtype(dtype)

@@ -13,7 +13,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import __version__
-from .context import ExportContext
+from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
 from .guards import check_traced_shapes, inferred_types
 
@@ -118,7 +118,7 @@ def _bind_inputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None) -
             shape[0] = BATCH_DIM
         name = names[index] if names else node.name
         ctx.reserve(name)
-        variable = gs.Variable(name, dtype=np.dtype(node.dtype), shape=shape)
+        variable = gs.Variable(name, dtype=exported_dtype(node.dtype), shape=shape)
         ctx.bind(node, variable)
         variables.append(variable)
     return variables
