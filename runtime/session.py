@@ -22,6 +22,20 @@ OPT_LEVELS = {
 }
 
 
+def cpu_has_vnni() -> bool | None:
+    """Whether this x86 CPU has VNNI (AVX-512 VNNI or AVX-VNNI): without it onnxruntime's U8S8
+    int8 kernels add u8*s8 product pairs in int16, which saturates. None when unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags = next((line.split(":", 1)[1].split() for line in info
+                          if line.startswith("flags")), None)
+    except OSError:
+        return None
+    if flags is None or "avx2" not in flags:
+        return None  # not x86 with AVX2 (ARM, or no /proc): no such saturation known
+    return bool({"avx512_vnni", "avx_vnni"} & set(flags))
+
+
 def resolve_device(device: str) -> str:
     """'auto' is CUDA when onnxruntime has its provider here, else CPU."""
     if device not in DEVICES:

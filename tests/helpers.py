@@ -3,6 +3,8 @@ graph optimizations disabled, and assert outputs match at a named tolerance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx.parser
@@ -56,3 +58,15 @@ def init_text(name: str, array: np.ndarray) -> str:
     dims = f"[{','.join(map(str, array.shape))}]" if np.ndim(array) else ""
     values = ", ".join(repr(v.item()) for v in np.asarray(array).reshape(-1))
     return f"{kind}{dims} {name} = {{{values}}}"
+
+
+def optimized_ops(model: onnx.ModelProto, directory: Path) -> list[str]:
+    """Op types of onnxruntime's fully optimized CPU graph (its int8 kernels: QLinearConv...)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(directory / "optimized.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]

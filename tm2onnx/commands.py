@@ -15,7 +15,7 @@ from ._quiet import silence_megengine_banner
 from .bench_cli import bench_arguments, bench_command
 from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, parse_key_values
 from .errors import OutputMismatch, RunError, Tm2OnnxError
-from .exporter import QDQ_ACTIVATIONS
+from .exporter import QDQ_ACTIVATIONS, QDQ_WEIGHTS
 from .options import add_load_options, add_write_options, load_tm, output_target, write_model
 from .validate_cli import validate_arguments, validate_command
 
@@ -204,6 +204,10 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qdq-activations", choices=QDQ_ACTIVATIONS, default="uint8",
                         help="QAT/int8 models: activation type of the Q/DQ pairs (uint8: "
                              "onnxruntime CPU; int8: TensorRT)")
+    parser.add_argument("--qdq-weights", choices=QDQ_WEIGHTS, default="int8",
+                        help="QAT/int8 models: 8-bit weight type (int8: TensorRT and "
+                             "onnxruntime on VNNI CPUs; uint8 = int8+128: exact in "
+                             "onnxruntime on x86 without VNNI, whose U8S8 kernels saturate)")
     parser.add_argument("--quant-params-json", metavar="FILE",
                         help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)
@@ -230,7 +234,8 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     progress.step(f"exporting {exprs} exprs to ONNX opset {args.opset}")
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
                    input_names=csv(args.input_names), output_names=csv(args.output_names),
-                   source=args.model, qdq_activations=args.qdq_activations)
+                   source=args.model, qdq_activations=args.qdq_activations,
+                   qdq_weights=args.qdq_weights)
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]

@@ -22,6 +22,7 @@ MIN_OPSET = 13
 ONNXRUNTIME_IR_VERSION = 10  # onnx 1.23 stamps 14; onnxruntime 1.23 accepts at most 11
 BATCH_DIM = "batch"
 QDQ_ACTIVATIONS = ("uint8", "int8")  # storage of quantized activations (README#quantization)
+QDQ_WEIGHTS = ("int8", "uint8")      # storage of 8-bit weights (uint8: exact on x86 w/o VNNI)
 SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference must read
 
 
@@ -37,10 +38,11 @@ def load_traced(path: str | os.PathLike, *, allow_modules: Sequence[str] = (),
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, source: str | None = None,
-           qdq_activations: str = "uint8") -> onnx.ModelProto:
+           qdq_activations: str = "uint8", qdq_weights: str = "int8") -> onnx.ModelProto:
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
     `source` names the model in error messages (default: the path, or the type name).
-    `qdq_activations` ("uint8" or "int8") types QAT/int8 activations (README#quantization)."""
+    `qdq_activations` ("uint8" or "int8") types QAT/int8 activations, `qdq_weights` ("int8" or
+    "uint8" = int8 + 128) their 8-bit weights (README#quantization)."""
     from . import converters
 
     converters.load_all()
@@ -55,7 +57,9 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
                       "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
                       "at batch > 1 to be sure", stacklevel=2)
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
-    ctx.qdq_activations = _check_qdq_activations(qdq_activations, source)
+    ctx.qdq_activations = _check_choice("qdq_activations", qdq_activations, QDQ_ACTIVATIONS,
+                                        source)
+    ctx.qdq_weights = _check_choice("qdq_weights", qdq_weights, QDQ_WEIGHTS, source)
     graph_inputs = _bind_inputs(ctx, traced, input_names)
     _convert_exprs(ctx, traced)
     graph_outputs = _bind_outputs(ctx, traced, output_names, graph_inputs)
@@ -80,10 +84,10 @@ def _check_opset(opset: int, source: str) -> None:
                            hint=f"choose {MIN_OPSET}..{newest}")
 
 
-def _check_qdq_activations(value: str, source: str) -> str:
-    if value not in QDQ_ACTIVATIONS:
-        raise Tm2OnnxError(f"qdq_activations={value!r} is not supported", where=source,
-                           hint=f"choose one of {', '.join(QDQ_ACTIVATIONS)}")
+def _check_choice(option: str, value: str, choices: Sequence[str], source: str) -> str:
+    if value not in choices:
+        raise Tm2OnnxError(f"{option}={value!r} is not supported", where=source,
+                           hint=f"choose one of {', '.join(choices)}")
     return value
 
 

@@ -212,6 +212,7 @@ def _round_to_grid(ctx: ExportContext, value: Any, scale: Any) -> Any:
 def dq_weight(ctx: ExportContext, name: str, integers: np.ndarray, qp: QParams,
               axis: int = 0) -> Any:
     """An integer weight initializer and its DequantizeLinear (per-channel on `axis`)."""
+    integers, qp = _stored_weight(ctx, integers, qp)
     dtype = storage_dtype(qp.qmin, qp.qmax)
     weight = ctx.param(f"{name}_quantized", integers.astype(dtype))
     scale = ctx.param(f"{name}_scale", qp.scale if qp.per_channel else qp.scale.reshape(()))
@@ -219,6 +220,16 @@ def dq_weight(ctx: ExportContext, name: str, integers: np.ndarray, qp: QParams,
     zero = ctx.param(f"{name}_zero_point", zero.astype(dtype))
     return ctx.op("DequantizeLinear", [weight, scale, zero],
                   axis=axis if qp.per_channel else None)
+
+
+def _stored_weight(ctx: ExportContext, integers: np.ndarray, qp: QParams
+                   ) -> tuple[np.ndarray, QParams]:
+    """With `qdq_weights="uint8"`, 8-bit signed weights as uint8 = int8 + 128 and zero point
+    + 128: the same values, and onnxruntime's x86 U8U8 kernels widen to int16 before adding,
+    where its U8S8 ones (no VNNI) saturate pair sums (README#quantization)."""
+    if getattr(ctx, "qdq_weights", "int8") != "uint8" or qp.qmin < -128 or qp.qmax > 127:
+        return integers, qp
+    return integers + 128, QParams(qp.scale, qp.zero_point + 128, qp.qmin + 128, qp.qmax + 128)
 
 
 def dq_bias(ctx: ExportContext, name: str, bias: np.ndarray | None, weight_qp: QParams,
