@@ -3,14 +3,12 @@ own loader fails on it (it migrates `ConvBn2d.bn`, which the int8 module has not
 
 from __future__ import annotations
 
-import megengine as mge
 import numpy as np
 import onnx
 import pytest
 
-from models.quant import int8_version, traced_qat
+from tests.conftest import _megengine_or_fail
 from tm2onnx.cli import main
-from tm2onnx.loading import load_traced
 
 pytestmark = pytest.mark.megengine
 SHAPE = (2, 3, 16, 16)
@@ -18,6 +16,10 @@ SHAPE = (2, 3, 16, 16)
 
 @pytest.fixture(scope="module")
 def int8_file(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    mge = _megengine_or_fail()
+
+    from models.quant import int8_version, traced_qat
+
     int8 = int8_version(traced_qat("conv_bn_concat", SHAPE))
     path = tmp_path_factory.mktemp("int8") / "int8.tm"
     mge.save(int8, str(path))
@@ -26,12 +28,18 @@ def int8_file(tmp_path_factory: pytest.TempPathFactory) -> tuple:
 
 def test_megengine_alone_cannot_load_a_saved_int8_conv_bn(int8_file: tuple) -> None:
     # The reason for tm2onnx.loading's compat shim: if this starts passing, drop the shim.
+    import megengine as mge
+
     with pytest.raises(AttributeError, match="bn"):
         mge.load(str(int8_file[1]))
 
 
 @pytest.mark.parametrize("unsafe", [False, True])
 def test_saved_int8_model_loads_and_computes_the_same(int8_file: tuple, unsafe: bool) -> None:
+    import megengine as mge
+
+    from tm2onnx.loading import load_traced
+
     int8, path = int8_file
     loaded = load_traced(path, unsafe=unsafe)
     x = mge.Tensor(np.random.default_rng(0).normal(size=SHAPE).astype(np.float32))
