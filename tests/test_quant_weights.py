@@ -91,3 +91,17 @@ def test_unknown_weight_type_is_refused(megengine, signed_conv):
 
     with pytest.raises(Tm2OnnxError, match="qdq_weights='int4'"):
         tm2onnx.export(signed_conv, qdq_weights="int4")
+
+
+@pytest.mark.parametrize("weights", ["int8", "uint8"])
+def test_unvalidated_export_warns_where_kernels_may_saturate(megengine, signed_conv, tmp_path,
+                                                             capsys, weights):
+    import megengine as mge
+
+    from tm2onnx.runtime.session import cpu_has_vnni
+
+    source, target = tmp_path / "conv.tm", tmp_path / "conv.onnx"
+    mge.save(signed_conv, str(source))
+    assert main(["export", str(source), "-o", str(target), "--qdq-weights", weights, "-q"]) == 0
+    warned = "may saturate" in capsys.readouterr().err
+    assert warned == (weights == "int8" and cpu_has_vnni() is False)

@@ -6,10 +6,12 @@ import argparse
 import importlib.util
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import onnx
+import onnx.numpy_helper
 
 from ._quiet import silence_megengine_banner
 from .bench_cli import bench_arguments, bench_command
@@ -253,6 +255,8 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
+    else:
+        _warn_if_kernels_saturate(model, args)
     params = _quant_params(model, args.quant_params_json)
     write_model(model, args)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
@@ -265,6 +269,28 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
         write_atomic(path, lambda handle: handle.write(text))
         print(f"wrote {path}: {len(params)} quantized tensors")
     return EXIT_OK
+
+
+def _warn_if_kernels_saturate(model: onnx.ModelProto, args: argparse.Namespace) -> None:
+    """Unvalidated QDQ export with int8 weights and signed uint8 activations feeding a matmul
+    or conv, on an x86 CPU without VNNI: onnxruntime's U8S8 kernels here may saturate."""
+    from .runtime.session import cpu_has_vnni
+
+    if args.qdq_weights != "int8" or cpu_has_vnni() is not False:
+        return
+    inits = {init.name: init for init in model.graph.initializer}
+    consumers = {name: node.op_type for node in model.graph.node for name in node.input}
+    signed = [node.output[0] for node in model.graph.node
+              if node.op_type == "DequantizeLinear" and node.input[0] not in inits
+              and len(node.input) == 3 and node.input[2] in inits
+              and inits[node.input[2]].data_type == onnx.TensorProto.UINT8
+              and onnx.numpy_helper.to_array(inits[node.input[2]]).max() > 0
+              and consumers.get(node.output[0]) in ("Conv", "Gemm", "MatMul")]
+    if signed:
+        warnings.warn(f"{args.output}: this CPU has no VNNI; onnxruntime's int8 kernels here "
+                      f"may saturate on layers reading signed activations ({signed[0]}, ...): "
+                      "check with --validate, or export with --qdq-weights uint8 (exact, "
+                      "slower)", stacklevel=2)
 
 
 def _quant_params(model: onnx.ModelProto, path: str | None) -> dict[str, Any]:
