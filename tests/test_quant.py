@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import ops
+from tests.helpers import ops, optimized_ops
 
 ONE_STEP = 1  # tolerance: one quantization step of the output (its scale)
 
@@ -172,19 +172,13 @@ KERNEL_CASES = [
 @pytest.mark.parametrize("factory, kernel", KERNEL_CASES)
 def test_int8_kernels_within_one_step(megengine, factory, kernel, tmp_path):
     """uint8 (default) on onnxruntime's optimized session: int8 kernels, one step at most."""
-    import onnxruntime as ort
-
     from models.quant import int8_version
 
     shapes = [(2, 3, 6, 6)]
     traced = traced_qat(factory, shapes)
     for model in (traced, int8_version(traced)):
         exported = check_steps(model, inputs_for(shapes), levels=("all",))
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-        ort.InferenceSession(exported.SerializeToString(), options,
-                             providers=["CPUExecutionProvider"])
-        assert kernel in [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+        assert kernel in optimized_ops(exported, tmp_path)
 
 
 def test_activation_types_are_equivalent(megengine):
@@ -207,18 +201,11 @@ def test_activation_types_are_equivalent(megengine):
 
 def test_uint8_runs_int8_kernels(megengine, tmp_path):
     """onnxruntime's optimized session turns the QDQ conv/linear into int8 kernels."""
-    import onnxruntime as ort
-
     import tm2onnx
 
     shapes = [(2, 3, 8, 8)]
     traced = traced_qat(_module("ConvBnRelu2d", 3, 8, 3, padding=1), shapes)
-    model = tm2onnx.export(traced)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    optimized = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    optimized = optimized_ops(tm2onnx.export(traced), tmp_path)
     assert "QLinearConv" in optimized and "Conv" not in optimized
 
 

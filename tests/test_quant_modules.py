@@ -9,7 +9,7 @@ import onnx
 import onnx.numpy_helper
 import pytest
 
-from tests.helpers import ops
+from tests.helpers import ops, optimized_ops
 from tests.test_quant import _after_relu, _module, assert_qdq_structure, check_steps, inputs_for
 from tests.test_quant import traced_qat as traced_stubbed
 
@@ -101,15 +101,6 @@ def test_refusals(megengine):
         tm2onnx.export(traced)
 
 
-def _optimized_ops(model: onnx.ModelProto, path) -> list[str]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(path)
-    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(path).graph.node]
-
-
 def test_linear_bn_runs_int8_kernel(megengine, tmp_path):
     """onnxruntime fuses the QDQ LinearBn into QGemm. (Its CPU provider has no int8
     ConvTranspose or batched MatMul kernel for these: they run float between Q/DQ; checked to
@@ -121,4 +112,4 @@ def test_linear_bn_runs_int8_kernel(megengine, tmp_path):
                             shapes)
     for model in (traced, int8_version(traced)):
         exported = check_steps(model, inputs_for(shapes), levels=("all",))
-        assert "QGemm" in _optimized_ops(exported, tmp_path / "optimized.onnx")
+        assert "QGemm" in optimized_ops(exported, tmp_path)
