@@ -93,15 +93,18 @@ def test_unknown_weight_type_is_refused(megengine, signed_conv):
         tm2onnx.export(signed_conv, qdq_weights="int4")
 
 
-@pytest.mark.parametrize("weights", ["int8", "uint8"])
+@pytest.mark.parametrize("weights, validate", [("int8", False), ("uint8", False),
+                                               ("int8", True)])
 def test_unvalidated_export_warns_where_kernels_may_saturate(megengine, signed_conv, tmp_path,
-                                                             capsys, weights):
+                                                             capsys, weights, validate):
     import megengine as mge
 
     from tm2onnx.runtime.session import cpu_has_vnni
 
     source, target = tmp_path / "conv.tm", tmp_path / "conv.onnx"
     mge.save(signed_conv, str(source))
-    assert main(["export", str(source), "-o", str(target), "--qdq-weights", weights, "-q"]) == 0
+    extra = ["--validate"] if validate else []
+    assert main(["export", str(source), "-o", str(target), "--qdq-weights", weights, "-q",
+                 *extra]) == 0
     warned = "may saturate" in capsys.readouterr().err
-    assert warned == (weights == "int8" and cpu_has_vnni() is False)
+    assert warned == (weights == "int8" and not validate and cpu_has_vnni() is False)

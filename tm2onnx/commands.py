@@ -252,11 +252,11 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
                                    **_quantized_tolerance(model, args, progress))
         print(report)
         status = EXIT_OK if report else EXIT_MISMATCH
+    else:
+        _warn_if_kernels_saturate(model, args)
     if status != EXIT_OK:
         print(f"tm2onnx export: outputs differ beyond tolerance; {target} not written")
         return status
-    else:
-        _warn_if_kernels_saturate(model, args)
     params = _quant_params(model, args.quant_params_json)
     write_model(model, args)
     print(f"wrote {target}: {len(model.graph.node)} nodes, {_param_count(model):,} parameters, "
