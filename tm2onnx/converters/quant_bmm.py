@@ -36,6 +36,11 @@ def quantized_batch_matmul(ctx: ExportContext, expr: Any, module: Any) -> None:
     x, x_scale = quantized_operand(ctx, expr.inputs[1], module)
     integers, wqp = quantized_weight(ctx, module, layout=lambda w: w.reshape(w.shape[:3]),
                                      axis=OUTPUT_AXIS)
+    if wqp.per_channel and getattr(ctx, "qdq_weights", "int8") == "uint8":
+        raise ConversionError(f"{ctx.module_path}: per-channel weights stored as uint8 (zero "
+                              "point 128 per channel) fail in onnxruntime's QLinearMatMul, "
+                              "which takes one zero point", where=ctx.source,
+                              hint="export with --qdq-weights int8")
     out = ctx.op("MatMul", [dq_weight(ctx, "weight", integers, wqp, axis=OUTPUT_AXIS), x])
     int8 = isinstance(module, QUANTIZED)  # int8 adds its (1, out, 1, 1) bias per channel
     bias = dq_bias(ctx, "bias", float_bias(module), wqp, x_scale,
