@@ -5,7 +5,6 @@ made QAT with `quantize_qat`, calibrated on seeded data, traced; `int8_version` 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import megengine as mge
 import megengine.functional as F
@@ -14,6 +13,8 @@ import megengine.traced_module as tm
 import numpy as np
 import onnx
 from megengine.quantization import QConfig, ema_fakequant_qconfig, quantize, quantize_qat
+
+from tm2onnx.runtime.steps import StepCount, count_steps
 
 from .nets import randomize
 
@@ -229,31 +230,18 @@ def int8_version(traced: tm.TracedModule) -> tm.TracedModule:
 
 # ---- measuring equivalence in quantization steps ------------------------------------------------
 def output_scale(model: onnx.ModelProto, name: str) -> float:
-    """The scale of the DequantizeLinear that makes graph output `name` (through Identity)."""
-    from tm2onnx.converters._qdq import output_steps
+    """The scale of the activation DequantizeLinear whose grid graph output `name` lies on."""
+    from tm2onnx.runtime.steps import activation_grids
 
-    steps = output_steps(model)
-    if name not in steps:
+    grids = activation_grids(model)
+    if name not in grids:
         raise ValueError(f"output {name} is not made by a DequantizeLinear")
-    return steps[name]
+    return grids[name]
 
 
-@dataclass(frozen=True)
-class Steps:
+def steps_apart(reference: np.ndarray, actual: np.ndarray, scale: float) -> StepCount:
     """How far apart two quantized outputs are, in units of the output's scale."""
-
-    max_steps: float
-    one_step: float   # fraction of elements exactly one step apart
-    beyond: float     # fraction more than one step apart
-
-    def __str__(self) -> str:
-        return (f"max {self.max_steps:.0f} step(s); {self.one_step:.2%} of elements one step "
-                f"apart, {self.beyond:.2%} more")
-
-
-def steps_apart(reference: np.ndarray, actual: np.ndarray, scale: float) -> Steps:
-    steps = np.abs(np.asarray(actual, np.float64) - reference) / scale
-    near = np.round(steps)
-    if np.abs(steps - near).max(initial=0.0) > 1e-2:
+    apart = count_steps(reference, actual, scale)
+    if apart.off_grid > 1e-2:
         raise ValueError(f"outputs are not on a common grid of step {scale}")
-    return Steps(float(near.max(initial=0.0)), float(np.mean(near == 1)), float(np.mean(near > 1)))
+    return apart

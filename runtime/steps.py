@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-# Ops whose output lies on their first input's grid (same scale): exact copies or selections.
+# Ops whose output lies on their first input's grid (same scale): exact copies or selections
+# (the exporter's QDQ converters re-quantize through the same set: converters/_qdq.ON_GRID).
 KEEP_GRID = frozenset({"Identity", "MaxPool", "Relu", "Reshape", "Flatten", "Transpose",
                        "Squeeze", "Unsqueeze", "DepthToSpace", "SpaceToDepth", "Expand", "Tile",
                        "Slice", "Gather"})

@@ -15,16 +15,16 @@ import onnx_graphsurgeon as gs
 from ..context import ExportContext
 from ..errors import ConversionError
 from ..exporter import QDQ_ACTIVATIONS
+from ..runtime.steps import KEEP_GRID
 
 DEFAULT_QDQ_ACTIVATIONS = "uint8"  # onnxruntime CPU's int8 kernels are fastest as U8S8
 MIN_QDQ_OPSET = 13  # per-channel (axis) DequantizeLinear
 INT32 = (-(2 ** 31), 2 ** 31 - 1)
 DTYPE_RANGES = {"QuantizedS8": (-128, 127), "Quantized8Asymm": (0, 255), "QuantizedS32": INT32}
 # Ops that keep every value of a quantized tensor on its grid (same scale and zero point):
-# re-quantizing their output with the input's parameters is exact.
-ON_GRID = frozenset({"MaxPool", "Relu", "Reshape", "Flatten", "Transpose", "Squeeze",
-                     "Unsqueeze", "Identity", "DepthToSpace", "SpaceToDepth", "Expand", "Tile",
-                     "Slice", "Gather"})  # not Clip: a float Clip(0, 6) bound may be off-grid
+# re-quantizing their output with the input's parameters is exact (not Clip: a float
+# Clip(0, 6) bound may be off-grid). The validator walks the same set (runtime/steps).
+ON_GRID = KEEP_GRID
 # Ops MegEngine's int8 kernels run on quantized input, rounding the result back to its scale.
 ROUNDED = frozenset({"AveragePool", "GlobalAveragePool", "ReduceMean"})
 # An average of n integers is a multiple of 1/n: above float error (~1e-5 for |y| <= 128) and
@@ -245,22 +245,6 @@ def dq_bias(ctx: ExportContext, name: str, bias: np.ndarray | None, weight_qp: Q
     scale = (np.float32(input_scale.values.reshape(-1)[0]) * weight_qp.scale).astype(np.float32)
     qp = QParams(scale, np.zeros(scale.shape, np.int64), *INT32)
     return dq_weight(ctx, name, qp.quantize(bias.reshape(-1)).reshape(shape), qp)
-
-
-def output_steps(model: onnx.ModelProto) -> dict[str, float]:
-    """One quantization step (the DequantizeLinear scale) of each graph output made by one,
-    through Identity: the tolerance `export --validate` uses for quantized models."""
-    made = {out: node for node in model.graph.node for out in node.output}
-    inits = {init.name: init for init in model.graph.initializer}
-    steps = {}
-    for output in model.graph.output:
-        node = made.get(output.name)
-        while node is not None and node.op_type == "Identity":
-            node = made.get(node.input[0])
-        if node is not None and node.op_type == "DequantizeLinear" and node.input[1] in inits:
-            scale = onnx.numpy_helper.to_array(inits[node.input[1]])
-            steps[output.name] = float(np.max(scale))
-    return steps
 
 
 def quant_params(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
