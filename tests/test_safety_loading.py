@@ -77,8 +77,10 @@ def _payloads(megengine, sentinel: Path) -> dict[str, bytes]:
 
 
 def _megengine_gadgets(megengine, sentinel: Path) -> dict[str, bytes]:
-    """Strings MegEngine itself imports and getattr()s while unpickling or running."""
+    """Strings MegEngine itself imports and getattr()s while unpickling or running, objects
+    that pose under a MegEngine name, and a numpy function that runs code."""
     from megengine.traced_module.expr import CallFunction, CallMethod
+    from numpy.testing._private.utils import runstring
 
     def with_expr(kind, edit) -> bytes:
         traced = _traced(megengine)
@@ -98,7 +100,42 @@ def _megengine_gadgets(megengine, sentinel: Path) -> dict[str, bytes]:
         "func-via-reexport": with_expr(CallFunction, lambda e: setattr(
             e, "func", fake("megengine.functional.nn", "np.save"))),
         "module-method": with_expr(CallMethod, lambda e: setattr(e, "method", "__setattr__")),
+        "func-posing-class": _posing_function(megengine),
+        "new-on-other-class": _tensor_new_on(megengine, np.ndarray),
+        "numpy-runstring": pickle.dumps(Reduce(runstring, _touch(sentinel), {})),
     }
+
+
+def _posing_function(megengine) -> bytes:
+    """A CallFunction whose func is a class made by `type(name, bases, dict)` under
+    megengine.functional.nn.relu's name: it passes a by-name check, computes something else."""
+    from megengine.traced_module.expr import CallFunction
+
+    posing = Reduce(type, "relu", (object,), {"__module__": "megengine.functional.nn",
+                                              "__qualname__": "relu"})
+    original = CallFunction.__getstate__
+    with mock.patch.object(CallFunction, "__getstate__",
+                           lambda self: {**original(self), "func": posing}):
+        return pickle.dumps(_traced(megengine))
+
+
+def _tensor_new_on(megengine, cls) -> bytes:
+    """`mge.Tensor(x)` in forward is a traced `Tensor.__new__`; point it at another class."""
+    import megengine.functional as F
+    import megengine.module as M
+    import megengine.traced_module as tm
+
+    class Net(M.Module):
+        def forward(self, x):
+            return x + megengine.Tensor(F.arange(x.shape[1]))
+
+    traced = tm.trace_module(Net(), megengine.Tensor(np.ones((2, 3), "float32")))
+    new = next(e for e in traced.graph._exprs if getattr(e, "method", None) == "__new__")
+    assert [value for _, value in new.const_val] == [megengine.Tensor]
+    new.const_val = [(index, cls) for index, _ in new.const_val]
+    leaf = new.arg_def.children_defs[0].children_defs[0]
+    leaf.const_val, leaf.type = cls, (type(cls), *leaf.type[1:])
+    return pickle.dumps(traced)
 
 
 ENTRY_POINTS = {
@@ -109,7 +146,8 @@ ENTRY_POINTS = {
     "cli validate .tm": lambda path, out: main(["validate", str(path), "-q"]),
 }
 PAYLOADS = ["os.system", "subprocess", "eval", "exec", "import", "getattr", "in-traced-state",
-            "returns-model", "func-os-system", "func-via-reexport", "module-method"]
+            "returns-model", "func-os-system", "func-via-reexport", "module-method",
+            "func-posing-class", "new-on-other-class", "numpy-runstring"]
 
 
 @pytest.fixture
@@ -155,6 +193,13 @@ def test_payloads_are_real(payload_files):
     sentinel.unlink()
     assert load_traced(files["returns-model"], unsafe=True) is not None
     assert sentinel.exists()
+    sentinel.unlink()
+    with pytest.raises(Exception):  # noqa: B017 - runstring returns None, not a model
+        load_traced(files["numpy-runstring"], unsafe=True)
+    assert sentinel.exists()
+    posing = load_traced(files["func-posing-class"], unsafe=True)
+    funcs = [e.func for e in posing.graph._exprs if hasattr(e, "func")]
+    assert funcs and all(isinstance(f, type) for f in funcs)  # relu replaced by a class
 
 
 def test_refusal_names_the_global_and_the_flags(payload_files):

@@ -8,7 +8,7 @@ import operator
 from collections.abc import Iterator
 from typing import Any
 
-from .loading import SAFE_FUNCTION_MODULES, UNSAFE_NAME_PARTS, Policy, _under
+from .loadpolicy import SAFE_FUNCTION_MODULES, UNSAFE_NAME_PARTS, Policy, resolve_name, under
 
 # Tensor dunders a trace records: the operator protocol, indexing, and a few conversions.
 _OPERATOR_DUNDERS = frozenset(
@@ -50,6 +50,8 @@ def _expr_reason(expr: Any, policy: Policy) -> str | None:
         on_module = isinstance(expr.inputs[0], ModuleNode)
         if on_module and expr.method not in MODULE_METHODS:
             return f"a traced module method {expr.method!r} is not forward/__call__"
+        if expr.method == "__new__":
+            return _tensor_new_reason(expr)
         if not on_module and not _tensor_method_ok(expr.method):
             return f"tensor method {expr.method!r} is not one a trace records"
     if isinstance(expr, E.GetAttr) and any(p.startswith("__") for p in expr.name.split(".")):
@@ -67,15 +69,34 @@ def _function_reason(func: Any, policy: Policy) -> str | None:
         return f"function {'.'.join(map(str, func))!r} was not resolved"
     module = getattr(func, "__module__", None) or ""
     name = getattr(func, "__qualname__", "") or ""
-    if not callable(func) or not _under(module, SAFE_FUNCTION_MODULES + policy.allow) or \
+    if not callable(func) or not under(module, SAFE_FUNCTION_MODULES + policy.allow) or \
             any(p.startswith("__") for p in name.split(".")):
         return f"function {module}.{name} is not a MegEngine function"
+    if resolve_name(module, name) is not func:  # an object posing under a MegEngine name
+        return f"function {module}.{name} is not the object that name imports"
     return None
 
 
-def _tensor_method_ok(method: str) -> bool:
+def _tensor_new_reason(expr: Any) -> str | None:
+    """`mge.Tensor(x)` in a forward is traced as `Tensor.__new__` on the class itself (the
+    tracer patches only Tensor.__new__): allowed on MegEngine's Tensor classes, nothing else."""
     import megengine as mge
+
+    cls = expr.args[0] if expr.args else None
+    if (isinstance(cls, type) and issubclass(cls, mge.Tensor)
+            and resolve_name(cls.__module__, cls.__qualname__) is cls
+            and cls.__module__.split(".")[0] == "megengine"):
+        return None
+    return f"'__new__' is called on {cls!r}, not on a MegEngine Tensor class"
+
+
+def _tensor_method_ok(method: str) -> bool:
+    """The methods MegEngine's tracer wraps (its own list: `__floor__`, `_broadcast`, ...),
+    and public or operator methods of Tensor that older traces may hold."""
+    import megengine as mge
+    from megengine.traced_module.module_tracer import get_tensor_wrapable_method
 
     if method in _BAD_DUNDERS or not hasattr(mge.Tensor, method):
         return False
-    return not method.startswith("_") or method in _OPERATOR_DUNDERS
+    return (method in get_tensor_wrapable_method() or not method.startswith("_")
+            or method in _OPERATOR_DUNDERS)

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from tests.helpers import FP32, assert_matches, ops, run_ort
+from tests.reload import reload_both_ways
 
 
 def make_inputs(shapes: Sequence[Any], seed: int = 0) -> list[np.ndarray]:
@@ -21,7 +22,8 @@ def make_inputs(shapes: Sequence[Any], seed: int = 0) -> list[np.ndarray]:
 
 def export_and_compare(module_factory: Callable[[], Any], shapes: Sequence[Any], *,
                        expect_ops: Sequence[str] = (), tolerance: dict | None = None,
-                       seed: int = 0, **export_options: Any) -> onnx.ModelProto:
+                       seed: int = 0, pickled: bool = True,
+                       **export_options: Any) -> onnx.ModelProto:
     import megengine as mge
     import megengine.traced_module as tm
 
@@ -32,6 +34,8 @@ def export_and_compare(module_factory: Callable[[], Any], shapes: Sequence[Any],
     arrays = make_inputs(shapes, seed)
     tensors = [mge.Tensor(a) for a in arrays]
     traced = tm.trace_module(module, *tensors)
+    if pickled:  # every case also goes through pickle and the safe loader, as users' files do
+        traced = reload_both_ways(traced, arrays)
     expected = traced(*tensors)
     expected = expected if isinstance(expected, (tuple, list)) else (expected,)
     model = tm2onnx.export(traced, **export_options)

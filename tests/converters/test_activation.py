@@ -207,13 +207,17 @@ ELEMWISE_CASES = [pytest.param(_elemwise_mode(mode), inputs, ops,
     # submodules instead of calling flatten(), which deep-copies the whole module.
     pytest.param(_elemwise_mode("enum:FUSE_ADD_RELU"), [X, X], ["Relu"], id="Elemwise-enum"),
 ]
+# MegEngine's own pickler asserts on an Elemwise.Mode enum attribute ("can not be
+# serialized"): such a model never becomes a file, so it is exported from memory only.
+UNPICKLABLE = {"Elemwise-enum"}
 
 
 @pytest.mark.parametrize("factory, inputs, ops", MODULES + ELEMWISE_CASES)
-def test_module(megengine, factory, inputs, ops):
+def test_module(megengine, factory, inputs, ops, request):
     import megengine.module as M
 
-    export_and_compare(lambda: factory(M), inputs, expect_ops=ops)
+    export_and_compare(lambda: factory(M), inputs, expect_ops=ops,
+                       pickled=request.node.callspec.id not in UNPICKLABLE)
 
 
 def _trace(make, shapes):
