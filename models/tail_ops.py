@@ -63,7 +63,7 @@ class EotPool(M.Module):
 
     def forward(self, x, text):
         x = self.ln_final(x)
-        x = x[F.arange(x.shape[0], dtype="int32"), text.argmax(-1)]
+        x = x[F.arange(x.shape[0], dtype="int32"), F.argmax(text, axis=-1)]
         return self.text_projection(x)
 
 

@@ -18,7 +18,7 @@ from ..errors import ConversionError
 from . import apply_converter, function_converter
 from ._util import call_args
 
-MAX_INVERSE_SIZE = 64  # about 15 nodes per column: a 64x64 inverse is ~1000 nodes
+MAX_INVERSE_SIZE = 64  # 18 nodes per column: a 64x64 inverse is ~1160 nodes
 
 
 @function_converter(F.matinv)
