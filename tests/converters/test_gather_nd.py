@@ -83,3 +83,16 @@ def test_eot_pool(megengine):
         got = run_ort(model, {v.name: a for v, a in zip(model.graph.input, feed)})
         assert_matches({model.graph.output[0].name: expected}, got, **FP32)
     assert "GatherND" in ops(model)
+
+
+def test_indices_of_data_dependent_length(megengine):
+    """Row and column of the positive entries (`cond_take`'s flat index // W, % W): the
+    index length is known only at run time, so the broadcast shape is computed there."""
+    import megengine.functional as F
+
+    def fn(self, x, m):
+        _, flat = F.cond_take(m > 0, m)
+        return x[flat // 7, flat % 7] * 2
+    x, m = X[0, 0], X[1, 1]
+    export_and_run(functional_net(fn), [x, m], [x, m - 1.5], [x + 1, np.abs(m)],
+                   expect_ops=["GatherND", "NonZero"])

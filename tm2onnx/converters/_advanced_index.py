@@ -12,12 +12,11 @@ import numpy as np
 
 from ..context import ExportContext
 from ._util import cast_if_needed, int64_vector, tensor_dtype
+from .indexing import _kind, _slice_parts, is_full, is_node  # indexing imports us lazily
 
 
 def advanced_index(ctx: ExportContext, expr: Any, x_node: Any, items: list) -> None:
     """`items` has one entry per input axis plus the `None`s (indexing.expand_index)."""
-    from .indexing import _kind, _slice_parts, is_full, is_node
-
     x = ctx.value_of(x_node)
     new_axes = [position for position, item in enumerate(items) if item is None]
     if new_axes:
@@ -34,7 +33,7 @@ def advanced_index(ctx: ExportContext, expr: Any, x_node: Any, items: list) -> N
     kept = [axis for axis, kind in enumerate(kinds) if kind == "slice"]
     if indexed + kept != list(range(len(items))):
         x = ctx.op("Transpose", [x], perm=indexed + kept)
-    indices, rank = _stacked_indices(ctx, [items[axis] for axis in indexed], is_node)
+    indices, rank = _stacked_indices(ctx, [items[axis] for axis in indexed])
     adjacent = indexed == list(range(indexed[0], indexed[-1] + 1))
     before = indexed[0] if adjacent else 0  # kept axes that stay in front of S
     if before == 0:
@@ -46,13 +45,13 @@ def advanced_index(ctx: ExportContext, expr: Any, x_node: Any, items: list) -> N
     ctx.emit("Transpose", [gathered], expr.outputs, perm=perm)
 
 
-def _stacked_indices(ctx: ExportContext, items: list, is_node: Any) -> tuple[Any, int]:
+def _stacked_indices(ctx: ExportContext, items: list) -> tuple[Any, int]:
     """(int64 indices of shape S + (len(items),), rank of S): GatherND's index tensor."""
     static = not ctx.dynamic_batch and not any(
         is_node(item) and ctx.has_runtime_shape(item) for item in items)
     shapes = [tuple(item.shape or ()) if is_node(item) else np.shape(item) for item in items]
     rank = max(len(shape) for shape in shapes)
-    tensors = [_index_tensor(ctx, item, is_node) for item in items]
+    tensors = [_index_tensor(ctx, item) for item in items]
     if static:
         target = tuple(int(d) for d in np.broadcast_shapes(*shapes))
         tensors = [tensor if shape == target else
@@ -69,7 +68,7 @@ def _stacked_indices(ctx: ExportContext, items: list, is_node: Any) -> tuple[Any
     return ctx.op("Concat", columns, axis=-1), rank
 
 
-def _index_tensor(ctx: ExportContext, item: Any, is_node: Any) -> Any:
+def _index_tensor(ctx: ExportContext, item: Any) -> Any:
     """An int64 tensor (negative values as they are: GatherND counts them from the end)."""
     if not is_node(item) or ctx.is_known(item):
         return ctx.const(np.asarray(ctx.known(item) if is_node(item) else item, dtype=np.int64))
