@@ -7,7 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.converters.harness import export_and_compare, functional_net
+from tests.converters.harness import (
+    export_and_compare,
+    export_traced_and_compare,
+    functional_net,
+)
 from tests.converters.test_detection import export_and_run
 from tests.helpers import ops
 
@@ -69,19 +73,10 @@ def test_arange_rows_dynamic_batch(megengine):
 
 def test_eot_pool(megengine):
     """CLIP's `x[F.arange(B), text.argmax(-1)]`, end-of-text at other places on rerun."""
-    import megengine as mge
-
-    import tm2onnx
     from models.tail_ops import build, inputs
-    from tests.helpers import FP32, assert_matches, run_ort
 
-    mge.config.async_level = 0
     traced, arrays = build("eot_pool")
-    model = tm2onnx.export(traced)
-    for feed in (arrays, inputs("eot_pool", 7)):
-        expected = traced(*[mge.Tensor(a) for a in feed]).numpy()
-        got = run_ort(model, {v.name: a for v, a in zip(model.graph.input, feed)})
-        assert_matches({model.graph.output[0].name: expected}, got, **FP32)
+    model = export_traced_and_compare(traced, arrays, inputs("eot_pool", 7))
     assert "GatherND" in ops(model)
 
 

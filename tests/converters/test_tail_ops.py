@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.converters.harness import export_and_compare, lambda_net
+from tests.converters.harness import export_and_compare, export_traced_and_compare, lambda_net
 from tests.converters.test_detection import export_and_run
-from tests.helpers import FP32, assert_matches, ops, run_ort
+from tests.helpers import ops
 
 RNG = np.random.default_rng(14)
 
@@ -71,7 +71,7 @@ def test_topk_after_threshold(megengine):
     from models.tail_ops import build, inputs
 
     traced, arrays = build("threshold_topk")
-    model = _export_and_check(traced, arrays, *[inputs("threshold_topk", s) for s in (1, 2)])
+    model = export_traced_and_compare(traced, arrays, *[inputs("threshold_topk", s) for s in (1, 2)])
     assert topk_bounds(model) == ["Min"]
 
 
@@ -80,7 +80,7 @@ def test_rpn_topk_levels(megengine):
     from models.tail_ops import build, inputs
 
     traced, arrays = build("rpn_topk")
-    model = _export_and_check(traced, arrays, inputs("rpn_topk", 5))
+    model = export_traced_and_compare(traced, arrays, inputs("rpn_topk", 5))
     assert sorted(topk_bounds(model)) == [48, 100, 100]
 
 
@@ -90,23 +90,17 @@ def test_window_pad_static(megengine):
     from models.tail_ops import build
 
     traced, arrays = build("window_pad")
-    model = _export_and_check(traced, arrays)
+    model = export_traced_and_compare(traced, arrays)
     assert _pads_of(model) == [[0, 0, 0, 0, 0, 0, 2, 1]]
 
 
 def test_window_pad_dynamic_batch(megengine):
     """With a dynamic batch, x.shape is read at run time: so are the widths (a Concat)."""
-    import megengine as mge
-
-    import tm2onnx
     from models.tail_ops import build
 
     traced, arrays = build("window_pad")
-    model = tm2onnx.export(traced, dynamic_batch=True)
     batch3 = [np.concatenate([arrays[0], arrays[0][:1] * 2])]
-    expected = traced(mge.Tensor(batch3[0]))
-    got = run_ort(model, {model.graph.input[0].name: batch3[0]})
-    assert_matches({model.graph.output[0].name: expected.numpy()}, got, **FP32)
+    model = export_traced_and_compare(traced, batch3, dynamic_batch=True)
     assert _pads_of(model) == ["Concat"]
 
 
@@ -149,41 +143,6 @@ def test_sliding_window_raw_opdef_dynamic_batch(megengine):
                    dynamic_batch=True)
 
 
-def test_local_correlation(megengine):
-    """CREStereo's correlation: an H x W window over the replicate-padded right feature."""
-    from models.tail_ops import build, inputs
-
-    traced, arrays = build("local_correlation")
-    model = _export_and_check(traced, arrays, inputs("local_correlation", 3))
-    assert ops(model).count("Gather") == 2 and "Conv" not in ops(model)
-
-
-# ---- Tensor.to(device): apply(Copy) ----------------------------------------------------------
-def test_device_move(megengine):
-    from models.tail_ops import build, inputs
-
-    traced, arrays = build("device_move")
-    model = _export_and_check(traced, arrays, inputs("device_move", 1))
-    assert ops(model).count("Identity") >= 2 and "Copy" not in ops(model)
-
-
-def _export_and_check(traced, *input_sets) -> onnx.ModelProto:
-    """Export once; onnxruntime matches the TracedModule on every input set at fp32."""
-    import megengine as mge
-
-    import tm2onnx
-
-    mge.config.async_level = 0  # MegEngine's async CPU dispatch was seen computing wrong values
-    model = tm2onnx.export(traced)
-    for arrays in input_sets:
-        expected = traced(*[mge.Tensor(a) for a in arrays])
-        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        feeds = {value.name: a for value, a in zip(model.graph.input, arrays)}
-        reference = {out.name: t.numpy() for out, t in zip(model.graph.output, expected)}
-        assert_matches(reference, run_ort(model, feeds), **FP32)
-    return model
-
-
 def test_sliding_window_kernel_from_shape_dynamic_batch(megengine):
     """A window sized from `x.shape` (as CREStereo sizes it): with a dynamic batch the size is
     read at run time and the window positions are computed in the graph (Range)."""
@@ -194,3 +153,21 @@ def test_sliding_window_kernel_from_shape_dynamic_batch(megengine):
     model = export_and_run(net, [x], [np.concatenate([x, x[:1] - 1])], dynamic_batch=True,
                            expect_ops=["Range", "Gather"])
     assert "Conv" not in ops(model)
+
+
+def test_local_correlation(megengine):
+    """CREStereo's correlation: an H x W window over the replicate-padded right feature."""
+    from models.tail_ops import build, inputs
+
+    traced, arrays = build("local_correlation")
+    model = export_traced_and_compare(traced, arrays, inputs("local_correlation", 3))
+    assert ops(model).count("Gather") == 2 and "Conv" not in ops(model)
+
+
+# ---- Tensor.to(device): apply(Copy) ----------------------------------------------------------
+def test_device_move(megengine):
+    from models.tail_ops import build, inputs
+
+    traced, arrays = build("device_move")
+    model = export_traced_and_compare(traced, arrays, inputs("device_move", 1))
+    assert ops(model).count("Identity") >= 2 and "Copy" not in ops(model)
