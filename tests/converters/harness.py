@@ -110,3 +110,22 @@ def randomized(module: Any, seed: int = 0) -> Any:
             low, high = (0.5, 2.0) if name == "running_var" else (-1.5, 1.5)
             value[...] = mge.Tensor(rng.uniform(low, high, value.shape).astype("float32"))
     return module
+
+
+def export_traced_and_compare(traced: Any, *input_sets: Sequence[np.ndarray],
+                              tolerance: dict | None = None, **export_options: Any
+                              ) -> onnx.ModelProto:
+    """Export an already traced module once; onnxruntime matches it on every input set."""
+    import megengine as mge
+
+    import tm2onnx
+
+    mge.config.async_level = 0  # MegEngine's async CPU dispatch was seen computing wrong values
+    model = tm2onnx.export(traced, **export_options)
+    for arrays in input_sets:
+        expected = traced(*[mge.Tensor(a) for a in arrays])
+        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        feeds = {value.name: a for value, a in zip(model.graph.input, arrays)}
+        reference = {out.name: t.numpy() for out, t in zip(model.graph.output, expected)}
+        assert_matches(reference, run_ort(model, feeds), **(tolerance or FP32))
+    return model

@@ -1,6 +1,6 @@
 """`x.shape` (the GetVarShape apply), `x[index]` and simple `x[index] = value`: indexing is
 one Slice, a rank-keeping Gather per integer or array index, one Squeeze of the integer axes
-and one Unsqueeze for the `None`s."""
+and one Unsqueeze for the `None`s; several array indices are one GatherND (_advanced_index)."""
 
 from __future__ import annotations
 
@@ -128,11 +128,13 @@ def _index_plan(ctx: ExportContext, items: list) -> tuple[list, list, list]:
             gathers.append((axis, item, kind))
         out += _index_rank(item) if kind == "array" else kind == "slice"
         axis += 1
-    if any(kind == "array" for *_, kind in gathers) and len(gathers) > 1:
-        raise ConversionError(f"{ctx.base_name}: an array index combined with other integer "
-                              "or array indices", where=ctx.source,
-                              hint="index one axis with an array at a time")
     return slices, gathers, new_axes
+
+
+def _several_advanced(ctx: ExportContext, items: list) -> bool:
+    """An array index with another array or integer index: numpy's advanced indexing."""
+    kinds = [_kind(ctx, item) for item in items]
+    return "array" in kinds and kinds.count("array") + kinds.count("int") > 1
 
 
 @method_converter("__getitem__")
@@ -142,6 +144,9 @@ def getitem(ctx: ExportContext, expr: Any) -> None:
     items = expand_index(ctx, args["index"], len(x.shape))
     if any(is_node(item) and _kind(ctx, item) == "mask" for item in items):
         return _mask_index(ctx, expr, x, items)
+    if _several_advanced(ctx, items):
+        from ._advanced_index import advanced_index
+        return advanced_index(ctx, expr, x, items)
     slices, gathers, new_axes = _index_plan(ctx, items)
     steps: list[tuple] = []
     if slices:

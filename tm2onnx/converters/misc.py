@@ -86,8 +86,10 @@ def emit_pad(ctx: ExportContext, expr: Any, x_node: Any, pad_width: Any, mode: s
                               f"{rank}-d tensor", where=ctx.source,
                               hint=f"use a mode of {sorted(PAD_MODES)}, one pair per leading axis")
     pairs += [[0, 0]] * (rank - len(pairs))
-    pads = [int(pair[0]) for pair in pairs] + [int(pair[1]) for pair in pairs]
-    inputs = [ctx.value_of(x_node), ctx.shape_const(pads)]
+    # widths may be TensorNodes computed from x.shape (padding to a multiple of a window):
+    # folded to a constant when known, else a Concat of run-time pieces (Pad takes a tensor)
+    pads = int64_vector(ctx, [pair[0] for pair in pairs] + [pair[1] for pair in pairs])
+    inputs = [ctx.value_of(x_node), pads]
     if mode == "constant":
         inputs.append(ctx.const(np.asarray(value).astype(tensor_dtype(x_node))))
     ctx.emit("Pad", inputs, expr.outputs, mode=PAD_MODES[mode])

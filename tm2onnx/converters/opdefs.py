@@ -35,6 +35,13 @@ def matrix_mul(ctx: ExportContext, expr: Any) -> None:
     _emit_matmul(ctx, expr, a, b, bool(expr.opdef.transposeA), bool(expr.opdef.transposeB))
 
 
+@apply_converter(builtin.Copy)
+def copy(ctx: ExportContext, expr: Any) -> None:
+    """`Tensor.to(device)` moves a tensor between devices: nothing to compute in an export
+    (onnxruntime places tensors itself)."""
+    ctx.emit("Identity", [ctx.value_of(expr.inputs[0])], expr.outputs)
+
+
 @apply_converter(builtin.Softmax)
 def softmax(ctx: ExportContext, expr: Any) -> None:
     emit_softmax(ctx, expr.inputs[0], int(expr.opdef.axis), expr.outputs, log=False)

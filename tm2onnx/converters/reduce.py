@@ -165,10 +165,11 @@ function_converter(F.argmin)(_arg_reduce("ArgMin"))
 @function_converter(F.topk)
 def topk(ctx: ExportContext, expr: Any) -> None:
     """Sorted TopK on the last axis; `no_sort` gets sorted results (a valid unordered answer);
-    `kth_only` keeps the k-th value and MegEngine's first-equal-element index."""
+    `kth_only` keeps the k-th value and MegEngine's first-equal-element index. k is bounded by
+    the axis length, as MegEngine bounds it (ONNX TopK requires k <= axis length)."""
     args = call_args(expr)
     x = ctx.value_of(args["inp"])
-    k = int64_vector(ctx, [args["k"]])
+    k = bounded_k(ctx, args["inp"], args["k"])
     values, indices = ctx.op("TopK", [x, k], outputs=2, axis=-1,
                              largest=int(bool(args["descending"])), sorted=1)
     index_dtype = onnx_dtype(out_dtype(expr, 1))
@@ -183,3 +184,18 @@ def topk(ctx: ExportContext, expr: Any) -> None:
     equal = ctx.op("Cast", [ctx.op("Equal", [kth, x])], to=onnx_dtype(np.int32))
     first = ctx.op("ArgMax", [equal], axis=-1, keepdims=0)
     ctx.emit("Cast", [first], expr.outputs[1:], to=index_dtype)
+
+
+def bounded_k(ctx: ExportContext, x_node: Any, k: Any) -> Any:
+    """min(k, x.shape[-1]) as a 1-element int64 tensor: MegEngine's topk with k larger than
+    the axis returns the whole axis (an RPN level with fewer anchors than pre_nms_top_n).
+    A constant when k and the axis length are both known at export time; else a Min with the
+    length read at run time (after NonZero, or with a dynamic batch that may reach the axis)."""
+    from .detection import axis_size
+
+    static_axis = not ctx.dynamic_batch and not ctx.has_runtime_shape(x_node)
+    static_k = not (hasattr(k, "expr") and not ctx.is_known(k))
+    if static_axis and static_k:
+        value = int(np.asarray(ctx.known(k) if hasattr(k, "expr") else k).reshape(-1)[0])
+        return ctx.shape_const([min(value, int(x_node.shape[-1]))])
+    return ctx.op("Min", [int64_vector(ctx, [k]), axis_size(ctx, x_node, -1)])
