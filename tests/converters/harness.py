@@ -121,6 +121,7 @@ def export_traced_and_compare(traced: Any, *input_sets: Sequence[np.ndarray],
     import tm2onnx
 
     mge.config.async_level = 0  # MegEngine's async CPU dispatch was seen computing wrong values
+    traced = reload_both_ways(traced, input_sets[0]) if input_sets else traced
     model = tm2onnx.export(traced, **export_options)
     for arrays in input_sets:
         expected = traced(*[mge.Tensor(a) for a in arrays])
