@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
-from .guards import check_traced_shapes, inferred_types
+from .guards import check_no_float64, check_traced_shapes, inferred_types
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -202,7 +202,15 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
     check_traced_shapes(model, types, ctx.expected, ctx.source)
+    check_no_float64(model, types, _traced_float64(ctx), ctx.source)
     return model
+
+
+def _traced_float64(ctx: ExportContext) -> bool:
+    """Whether MegEngine traced any float64 value (an input or an expr output)."""
+    dtypes = [dtype for _, _, dtype in ctx.expected]
+    dtypes += [value.dtype for value in ctx.graph.inputs]
+    return any(dtype is not None and np.dtype(dtype) == np.float64 for dtype in dtypes)
 
 
 def _has_symbolic_dim(tensor: gs.Tensor) -> bool:
