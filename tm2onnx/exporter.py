@@ -16,6 +16,7 @@ from . import __version__
 from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
 from .guards import check_no_float64, check_traced_shapes, inferred_types
+from .targets import DEFAULT_TARGET, check_target, get_target
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -38,11 +39,14 @@ def load_traced(path: str | os.PathLike, *, allow_modules: Sequence[str] = (),
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, source: str | None = None,
-           qdq_activations: str = "uint8", qdq_weights: str = "int8") -> onnx.ModelProto:
+           qdq_activations: str = "uint8", qdq_weights: str = "int8",
+           target: str = DEFAULT_TARGET) -> onnx.ModelProto:
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
     `source` names the model in error messages (default: the path, or the type name).
     `qdq_activations` ("uint8" or "int8") types QAT/int8 activations, `qdq_weights` ("int8" or
-    "uint8" = int8 + 128) their 8-bit weights (README#quantization)."""
+    "uint8" = int8 + 128) their 8-bit weights (README#quantization). `target` picks the
+    toolchain's patterns and refuses what it cannot run (README#targets; default "generic",
+    the portable form)."""
     from . import converters
 
     converters.load_all()
@@ -57,6 +61,7 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
                       "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
                       "at batch > 1 to be sure", stacklevel=2)
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
+    ctx.target = get_target(target, source)
     ctx.qdq_activations = _check_choice("qdq_activations", qdq_activations, QDQ_ACTIVATIONS,
                                         source)
     ctx.qdq_weights = _check_choice("qdq_weights", qdq_weights, QDQ_WEIGHTS, source)
@@ -203,6 +208,7 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
                               hint="this is a tm2onnx bug; please report it") from err
     check_traced_shapes(model, types, ctx.expected, ctx.source)
     check_no_float64(model, types, _traced_float64(ctx), ctx.source)
+    check_target(model, types, ctx.target, ctx.source)
     return model
 
 
