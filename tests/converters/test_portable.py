@@ -189,3 +189,31 @@ def test_mask_write_refusals():
                              mge.Tensor(np.arange(3, dtype=np.float32)))
     with pytest.raises(ConversionError, match="one value per selected element"):
         tm2onnx.export(traced)
+
+
+def _rank5_tiles(model: onnx.ModelProto) -> list[str]:
+    types = all_types(model)
+    return [n.output[0] for n in model.graph.node if n.op_type == "Tile"
+            and len(types[n.output[0]].tensor_type.shape.dim) > 4]
+
+
+REPEATS = [
+    pytest.param(lambda F, x: F.repeat(F.repeat(x, 2, 2), 2, 3), (2, 3, 4, 5), id="nearest-2x"),
+    pytest.param(lambda F, x: F.repeat(x, 3, 1), (2, 3, 4, 5), id="channels"),
+    pytest.param(lambda F, x: F.repeat(x, 2, 0), (2, 3, 4, 5), id="batch"),
+    pytest.param(lambda F, x: F.repeat(x, 2, 3), (2, 3, 4, 5), id="last"),
+    pytest.param(lambda F, x: F.repeat(x, 2), (2, 3, 4, 5), id="flat"),
+    pytest.param(lambda F, x: F.repeat(x, 2, 1), (2, 3), id="2-d"),
+]
+
+
+@pytest.mark.parametrize("fn, shape", REPEATS)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch"])
+def test_repeat_keeps_rank_4(fn, shape, dynamic):
+    """HRNet-style nearest 2x upsampling by repeat: exact, and no rank-5 tensor or Tile
+    (the Unsqueeze + Tile form made a 4-D map 5-D)."""
+    from tests.converters.harness import function_net
+
+    model = export_and_compare(lambda: function_net(fn), [shape], expect_ops=["Tile"],
+                               tolerance=EXACT, dynamic_batch=dynamic)
+    assert not _rank5_tiles(model) and max_rank(model) <= 4
