@@ -87,3 +87,10 @@ def test_clean_graph_passes_every_target():
         check_target(model, inferred_types(model), target)
     assert onnx.TensorProto.DOUBLE not in {v.tensor_type.elem_type
                                            for v in inferred_types(model).values()}
+
+
+def test_readme_shows_the_registry_table():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert table() in readme, "README#targets is out of date: paste tm2onnx.targets.table()"

@@ -186,6 +186,7 @@ def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
 
 def _finish(ctx: ExportContext) -> onnx.ModelProto:
     ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _portable_rewrites(ctx.graph)
     _undeclare_data_dependent(ctx.graph)
     model = gs.export_onnx(ctx.graph, do_type_check=True)
     # The lowest IR version the opset needs, so every runtime that knows the opset loads it.
@@ -217,6 +218,18 @@ def _traced_float64(ctx: ExportContext) -> bool:
     dtypes = [dtype for _, _, dtype in ctx.expected]
     dtypes += [value.dtype for value in ctx.graph.inputs]
     return any(dtype is not None and np.dtype(dtype) == np.float64 for dtype in dtypes)
+
+
+PORTABLE_REWRITES = ("shuffle-4d",)  # every target: rank <= 4 where a 4-D form keeps the batch
+
+
+def _portable_rewrites(graph: gs.Graph) -> None:
+    """Patterns MegEngine code writes in a form some toolchains cannot run, rewritten to an
+    equivalent one every toolchain has (each transform proves its match, or skips)."""
+    from .transforms import run_transform
+
+    for name in PORTABLE_REWRITES:
+        run_transform(graph, name)
 
 
 def _has_symbolic_dim(tensor: gs.Tensor) -> bool:

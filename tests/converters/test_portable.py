@@ -217,3 +217,58 @@ def test_repeat_keeps_rank_4(fn, shape, dynamic):
     model = export_and_compare(lambda: function_net(fn), [shape], expect_ops=["Tile"],
                                tolerance=EXACT, dynamic_batch=dynamic)
     assert not _rank5_tiles(model) and max_rank(model) <= 4
+
+
+def _shuffle(groups):
+    """ShuffleNetV2's channel shuffle (MegEngine/Models), for `groups` parts."""
+    def forward(self, x):
+        b, c, h, w = x.shape
+        y = x.reshape(b * c // groups, groups, h * w).transpose(1, 0, 2)
+        y = y.reshape(groups, -1, c // groups, h, w)
+        return tuple(y[k] for k in range(groups))
+    return functional_net(forward)
+
+
+def _shuffle_one_part(self, x):
+    b, c, h, w = x.shape
+    y = x.reshape(b * c // 2, 2, h * w).transpose(1, 0, 2).reshape(2, -1, c // 2, h, w)
+    return y[1] * 2, y[1] + 1
+
+
+@pytest.mark.parametrize("factory, shape", [
+    pytest.param(_shuffle(2), (2, 8, 3, 5), id="shufflenet-g2"),
+    pytest.param(_shuffle(2), (1, 6, 4, 4), id="batch-1"),
+    pytest.param(_shuffle(3), (2, 9, 2, 3), id="g3"),
+    pytest.param(functional_net(_shuffle_one_part), (2, 8, 3, 3), id="one-part-twice"),
+])
+def test_channel_shuffle_keeps_batch_at_rank_4(factory, shape):
+    """The 5-D folded-batch shuffle is exported as Reshape/Transpose/Reshape + Split at rank 4
+    (ncnn: no batch axis, at most 4-D): exact vs MegEngine, no rank-5 tensor anywhere."""
+    model = export_and_compare(factory, [shape], expect_ops=["Split"], tolerance=EXACT)
+    assert max_rank(model) == 4 and "Gather" not in ops(model)
+    tm2onnx_target_check(model, "ncnn")
+
+
+def tm2onnx_target_check(model: onnx.ModelProto, target: str) -> None:
+    from tm2onnx.guards import inferred_types
+    from tm2onnx.targets import TARGETS, check_target
+
+    check_target(model, inferred_types(model), TARGETS[target])
+
+
+def test_ncnn_refuses_real_rank_5():
+    """A 5-D tensor with no 4-D form (a 3-D conv input layout) is refused for ncnn by name,
+    and exported for the generic target."""
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    import tm2onnx
+    from tests.converters.harness import _wrapped
+    from tm2onnx.errors import Tm2OnnxError
+
+    net = _wrapped(functional_net(lambda self, x: (x.reshape(2, 2, 2, 3, 3) * 2).sum(1))())
+    traced = tm.trace_module(net, mge.Tensor(np.ones((2, 4, 3, 3), np.float32)))
+    assert max_rank(tm2onnx.export(traced)) == 5
+    with pytest.raises(Tm2OnnxError, match="--target ncnn cannot run this model "
+                                           r"\(max-rank-4\): .* has rank 5"):
+        tm2onnx.export(traced, target="ncnn")
