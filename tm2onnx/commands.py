@@ -19,7 +19,7 @@ from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, parse_key_va
 from .errors import OutputMismatch, RunError, Tm2OnnxError
 from .exporter import QDQ_ACTIVATIONS, QDQ_WEIGHTS
 from .options import add_load_options, add_write_options, load_tm, output_target, write_model
-from .targets import DEFAULT_TARGET, TARGETS, targets_help
+from .targets import DEFAULT_TARGET, TARGETS, check_model_for_target, targets_help
 from .validate_cli import validate_arguments, validate_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -245,7 +245,10 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]
+    exported = model
     model = run_passes(model, args, progress, args.validate)
+    if model is not exported:  # the transforms' result must still run on the target
+        check_model_for_target(model, args.target, source)
     status = EXIT_OK
     if args.validate:
         from .validate import against_megengine

@@ -125,3 +125,12 @@ def targets_help() -> str:
     return " ".join(f"{t.name}{' (default)' if t.name == DEFAULT_TARGET else ''}: {t.changes}"
                     f"{'; refuses ' + ', '.join(t.rules) if t.rules else ''}."
                     for t in TARGETS.values())
+
+
+def check_model_for_target(model: onnx.ModelProto, name: str, source: str | None = None) -> None:
+    """check_target on any model (types from strict shape inference of its structure): for a
+    model changed after export, e.g. by `--passes`."""
+    from .exporter import structure_of
+    from .guards import inferred_types
+
+    check_target(model, inferred_types(structure_of(model)), get_target(name, source), source)

@@ -272,3 +272,94 @@ def test_ncnn_refuses_real_rank_5():
     with pytest.raises(Tm2OnnxError, match="--target ncnn cannot run this model "
                                            r"\(max-rank-4\): .* has rank 5"):
         tm2onnx.export(traced, target="ncnn")
+
+
+def test_cli_target_refuses_and_writes_nothing(tmp_path, capsys):
+    """`export --target ncnn` on a model with a real 5-D tensor: exit 2, one line naming the
+    rule and the tensor, no file; the default target writes it."""
+    import pickle
+
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    from tests.converters.harness import _wrapped
+    from tm2onnx.cli import main
+
+    net = _wrapped(functional_net(lambda self, x: (x.reshape(2, 2, 2, 3, 3) * 2).sum(1))())
+    path = tmp_path / "rank5.tm"
+    with open(path, "wb") as handle:
+        pickle.dump(tm.trace_module(net, mge.Tensor(np.ones((2, 4, 3, 3), np.float32))), handle)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(path), "-o", str(out), "--target", "ncnn", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "max-rank-4" in err and "rank 5" in err, err
+    assert not out.exists()
+    assert main(["export", str(path), "-o", str(out), "-q"]) == 0 and out.exists()
+    assert main(["export", str(path), "-o", str(out), "--target", "openvino", "-q"]) == 0
+
+
+def test_ncnn_refuses_scatter():
+    """F.scatter has no Slice/Concat form (the index is data): refused for ncnn, kept for
+    generic, where it still matches MegEngine."""
+    import megengine.functional as F
+
+    import tm2onnx
+    from tm2onnx.errors import Tm2OnnxError
+
+    index = np.array([[4, 0], [1, 2], [3, 1]], np.int32)
+    factory = functional_net(lambda self, x, i, s: F.scatter(x, 1, i, s))
+    model = export_and_compare(factory, [(3, 5), index, (3, 2)], expect_ops=["ScatterElements"])
+    with pytest.raises(Tm2OnnxError, match=r"\(no-scatter\): ScatterElements"):
+        export_and_compare(factory, [(3, 5), index, (3, 2)], target="ncnn")
+    assert tm2onnx.targets.get_target("tflite").rules and model.graph.node
+
+
+def test_float64_guard_names_the_expr(monkeypatch):
+    """A converter computing in float64 what MegEngine kept in float32 is refused by name
+    (the general guard behind the promotion fix)."""
+    import megengine.functional as F
+
+    from tm2onnx.converters import FUNCTION_CONVERTERS, load_all
+    from tm2onnx.errors import ConversionError
+
+    load_all()
+
+    def relu_in_double(ctx, expr):
+        wide = ctx.op("Cast", [ctx.value_of(expr.args[0])], to=onnx.TensorProto.DOUBLE)
+        ctx.emit("Cast", [ctx.op("Relu", [wide])], expr.outputs, to=onnx.TensorProto.FLOAT)
+
+    monkeypatch.setitem(FUNCTION_CONVERTERS, F.relu, relu_in_double)
+    with pytest.raises(ConversionError, match="float64 tensor where MegEngine traced no float64"):
+        export_and_compare(functional_net(lambda self, x: F.relu(x) * 2), [(2, 3)])
+
+
+def test_cli_target_checks_the_transformed_model(tmp_path, capsys):
+    """The target's rules hold for what is written: a wrap post-step adding a 5-D tensor after
+    export is refused for ncnn too."""
+    import pickle
+
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    from tests.converters.harness import _wrapped
+    from tests.helpers import parse_model
+    from tm2onnx.cli import main
+
+    net = _wrapped(functional_net(lambda self, x: x * 2)())
+    path = tmp_path / "double.tm"
+    with open(path, "wb") as handle:
+        pickle.dump(tm.trace_module(net, mge.Tensor(np.ones((2, 4, 3, 3), np.float32))), handle)
+    post = parse_model('''<ir_version: 8, opset_import: ["" : 17]>
+    post (float[2, 4, 3, 3] y) => (float[2, 4, 3, 3] z) {
+        s5 = Constant<value = int64[5] {2, 2, 2, 3, 3}>()
+        s4 = Constant<value = int64[4] {2, 4, 3, 3}>()
+        f = Reshape(y, s5)
+        z = Reshape(f, s4)
+    }''', ir_version=8)
+    onnx.save(post, tmp_path / "post.onnx")
+    out = tmp_path / "m.onnx"
+    argv = ["export", str(path), "-o", str(out), "--passes", "wrap", "--wrap-post",
+            str(tmp_path / "post.onnx"), "-q"]
+    assert main(argv + ["--target", "ncnn"]) == 2
+    assert "max-rank-4" in capsys.readouterr().err and not out.exists()
+    assert main(argv) == 0 and out.exists()
