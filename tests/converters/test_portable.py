@@ -363,3 +363,16 @@ def test_cli_target_checks_the_transformed_model(tmp_path, capsys):
     assert main(argv + ["--target", "ncnn"]) == 2
     assert "max-rank-4" in capsys.readouterr().err and not out.exists()
     assert main(argv) == 0 and out.exists()
+
+
+def test_constant_mask_write_is_where():
+    """A k-D boolean mask known at export time (a module attribute) takes the same Where."""
+    mask = np.array([[True, False, True], [False, False, True]])
+
+    def forward(self, x):
+        y = x + 0
+        y[self.mask] = 3.0
+        return y
+    model = export_and_compare(functional_net(forward, mask=mask), [(2, 3, 4)], tolerance=EXACT,
+                               expect_ops=["Where"])
+    assert "ScatterND" not in ops(model)

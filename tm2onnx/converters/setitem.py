@@ -1,4 +1,4 @@
-"""`x[index] = v` in ops every toolchain has: a run-time boolean mask is a Where; an index known
+"""`x[index] = v` in ops every toolchain has: a boolean mask tensor is a Where; an index known
 at export time writes unit-step slices as Slice + Concat on each written axis, other steps
 and index lists as a constant Gather of v plus a Where — never a ScatterND over the flattened
 tensor (pnnx/ncnn have none, and it needed one index per written element)."""
@@ -24,13 +24,14 @@ def setitem(ctx: ExportContext, expr: Any) -> None:
     args = call_args(expr)
     x, value, index = args["self"], args["value"], args["index"]
     items = list(index) if isinstance(index, tuple) else [index]
-    if any(_is_runtime_mask(ctx, item) for item in items):
+    if any(_is_mask(ctx, item) for item in items):
         return _mask_write(ctx, expr, x, items, value)
     return _static_write(ctx, expr, x, _static_index(ctx, index), value)
 
 
-def _is_runtime_mask(ctx: ExportContext, item: Any) -> bool:
-    return is_node(item) and np.dtype(item.dtype) == np.bool_ and not ctx.is_known(item)
+def _is_mask(ctx: ExportContext, item: Any) -> bool:
+    """A boolean TensorNode index: computed at run time, or a known (constant) k-D mask."""
+    return is_node(item) and np.dtype(item.dtype) == np.bool_
 
 
 def _refuse(ctx: ExportContext, what: str, hint: str) -> ConversionError:
@@ -46,12 +47,12 @@ def _value(ctx: ExportContext, value: Any, dtype: np.dtype) -> tuple[Any, tuple[
     return ctx.const(array), array.shape
 
 
-# ---- x[mask] = v, the mask computed at run time -------------------------------------------
+# ---- x[mask] = v, a boolean mask tensor --------------------------------------------------
 def _mask_write(ctx: ExportContext, expr: Any, x: Any, items: list, value: Any) -> None:
     """Where(mask over axes p..p+k-1, v, x): v is one value or broadcasts over the axes after
     the mask, so the selected count (known only at run time) never matters."""
     rank, shape = len(x.shape), tuple(int(d) for d in x.shape)
-    position = next(p for p, item in enumerate(items) if _is_runtime_mask(ctx, item))
+    position = next(p for p, item in enumerate(items) if _is_mask(ctx, item))
     mask = items[position]
     k = len(mask.shape)
     others = items[:position] + items[position + 1:]
