@@ -226,10 +226,10 @@ PORTABLE_REWRITES = ("shuffle-4d",)  # every target: rank <= 4 where a 4-D form 
 def _portable_rewrites(graph: gs.Graph) -> None:
     """Patterns MegEngine code writes in a form some toolchains cannot run, rewritten to an
     equivalent one every toolchain has (each transform proves its match, or skips)."""
-    from .transforms import run_transform
+    from .transforms import TRANSFORMS
 
     for name in PORTABLE_REWRITES:
-        run_transform(graph, name)
+        TRANSFORMS[name](graph)  # no size stats: they would walk every weight once more
 
 
 def _has_symbolic_dim(tensor: gs.Tensor) -> bool:

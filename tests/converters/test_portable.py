@@ -376,3 +376,28 @@ def test_constant_mask_write_is_where():
     model = export_and_compare(functional_net(forward, mask=mask), [(2, 3, 4)], tolerance=EXACT,
                                expect_ops=["Where"])
     assert "ScatterND" not in ops(model)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch"])
+def test_repeat_upsampling_as_one_resize(dynamic):
+    """`repeat-as-resize` on the export of HRNet-style 2x nearest upsampling: one Resize,
+    exactly MegEngine's values; a channel repeat beside it stays a Tile."""
+    import megengine as mge
+
+    from tests.converters.harness import function_net
+    from tests.helpers import run_ort
+    from tm2onnx.transforms import run_pipeline
+
+    def fn(F, x):
+        return F.repeat(F.repeat(x, 2, 2), 2, 3), F.repeat(x, 2, 1)
+
+    model = export_and_compare(lambda: function_net(fn), [(2, 3, 4, 5)], tolerance=EXACT,
+                               dynamic_batch=dynamic)
+    lean, [report] = run_pipeline(model, ["repeat-as-resize"])
+    assert ops(lean).count("Resize") == 1 and ops(lean).count("Tile") == 1, report
+    x = np.random.default_rng(3).normal(size=(3 if dynamic else 2, 3, 4, 5)).astype(np.float32)
+    net = function_net(fn)
+    want = [t.numpy() for t in net(mge.Tensor(x))]
+    got = run_ort(lean, {lean.graph.input[0].name: x})
+    for name, value in zip([o.name for o in lean.graph.output], want):
+        np.testing.assert_array_equal(got[name], value)
