@@ -303,15 +303,13 @@ def test_ncnn_refuses_scatter():
     generic, where it still matches MegEngine."""
     import megengine.functional as F
 
-    import tm2onnx
     from tm2onnx.errors import Tm2OnnxError
 
     index = np.array([[4, 0], [1, 2], [3, 1]], np.int32)
     factory = functional_net(lambda self, x, i, s: F.scatter(x, 1, i, s))
-    model = export_and_compare(factory, [(3, 5), index, (3, 2)], expect_ops=["ScatterElements"])
+    export_and_compare(factory, [(3, 5), index, (3, 2)], expect_ops=["ScatterElements"])
     with pytest.raises(Tm2OnnxError, match=r"\(no-scatter\): ScatterElements"):
         export_and_compare(factory, [(3, 5), index, (3, 2)], target="ncnn")
-    assert tm2onnx.targets.get_target("tflite").rules and model.graph.node
 
 
 def test_float64_guard_names_the_expr(monkeypatch):
