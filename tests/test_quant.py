@@ -171,13 +171,15 @@ KERNEL_CASES = [
 
 @pytest.mark.parametrize("factory, kernel", KERNEL_CASES)
 def test_int8_kernels_within_one_step(megengine, factory, kernel, tmp_path):
-    """uint8 (default) on onnxruntime's optimized session: int8 kernels, one step at most."""
+    """uint8 (default) on onnxruntime's optimized session: int8 kernels, one step at most
+    (--target onnxruntime: the integer ReLU Clip those fusions need)."""
     from models.quant import int8_version
 
     shapes = [(2, 3, 6, 6)]
     traced = traced_qat(factory, shapes)
     for model in (traced, int8_version(traced)):
-        exported = check_steps(model, inputs_for(shapes), levels=("all",))
+        exported = check_steps(model, inputs_for(shapes), levels=("all",),
+                               target="onnxruntime")
         assert kernel in optimized_ops(exported, tmp_path)
 
 
@@ -205,7 +207,7 @@ def test_uint8_runs_int8_kernels(megengine, tmp_path):
 
     shapes = [(2, 3, 8, 8)]
     traced = traced_qat(_module("ConvBnRelu2d", 3, 8, 3, padding=1), shapes)
-    optimized = optimized_ops(tm2onnx.export(traced), tmp_path)
+    optimized = optimized_ops(tm2onnx.export(traced, target="onnxruntime"), tmp_path)
     assert "QLinearConv" in optimized and "Conv" not in optimized
 
 
@@ -322,3 +324,31 @@ def test_subclass_overriding_forward_is_refused(megengine):
     traced = tm.trace_module(qat, mge.Tensor(np.zeros(shape, np.float32)))
     with pytest.raises(Tm2OnnxError, match="Doubled.*overrides forward of M.qat.ConvTranspose2d"):
         tm2onnx.export(traced)
+
+
+def _integer_clips(model: onnx.ModelProto) -> list[str]:
+    """Clip nodes whose input is a QuantizeLinear output (an 8-bit integer Clip)."""
+    quantized = {n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return [n.output[0] for n in model.graph.node if n.op_type == "Clip" and n.input[0] in quantized]
+
+
+def test_relu_clip_per_target(megengine, tmp_path):
+    """generic: the ReLU is a float Clip before QuantizeLinear (onnx2tf lowers an integer Clip
+    wrongly), within one step of MegEngine; onnxruntime: the integer Clip, which keeps every
+    conv a QLinearConv in onnxruntime's optimized graph."""
+    from tm2onnx.errors import Tm2OnnxError
+    from tm2onnx.guards import inferred_types
+    from tm2onnx.targets import TARGETS, check_target
+
+    shapes = [(2, 3, 6, 6)]
+    traced = traced_qat(_after_relu(_module("ConvBnRelu2d", 8, 8, 3, padding=1, groups=2)),
+                        shapes)
+    generic = check_steps(traced, inputs_for(shapes), levels=("disable", "all"))
+    assert not _integer_clips(generic) and ops(generic).count("Clip") == 2
+    assert check_steps(traced, inputs_for(shapes), target="tflite")
+    fused = check_steps(traced, inputs_for(shapes), target="onnxruntime")
+    assert len(_integer_clips(fused)) == 2
+    kernels = optimized_ops(fused, tmp_path)
+    assert kernels.count("QLinearConv") == ops(fused).count("Conv") == 2
+    with pytest.raises(Tm2OnnxError, match="no-integer-clip"):
+        check_target(fused, inferred_types(fused), TARGETS["tflite"])

@@ -64,7 +64,7 @@ def test_quantized_classifier(megengine, name, tmp_path):
     pairs = {"qat": qat, "int8": int8_version(qat)}
     sessions, scales, plain = {}, {}, None
     for kind, traced in pairs.items():
-        model = tm2onnx.export(traced)
+        model = tm2onnx.export(traced, target="onnxruntime")  # its int8 fusions
         sessions[kind], kernels = optimized_session(model, tmp_path / f"{kind}.onnx")
         assert "QLinearConv" in kernels and "Conv" not in kernels, sorted(set(kernels))
         scales[kind] = output_scale(model, model.graph.output[0].name)
@@ -116,7 +116,7 @@ def test_segmentation_decoder(megengine, tmp_path):
     qat = tm.trace_module(calibrated_qat(QuantSegNetTiny(), shape),
                           mge.Tensor(np.zeros(shape, np.float32)))
     qat.eval()
-    models = {kind: tm2onnx.export(traced) for kind, traced in
+    models = {kind: tm2onnx.export(traced, target="onnxruntime") for kind, traced in
               (("qat", qat), ("int8", int8_version(qat)))}
     for model in models.values():
         assert [op for op in ops(model) if op in ("Conv", "ConvTranspose")] == \

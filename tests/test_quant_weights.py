@@ -71,7 +71,8 @@ def test_uint8_weights_within_one_step_on_int8_kernels(megengine, signed_conv, s
 def test_optimized_session_keeps_int8_kernels(megengine, signed_conv, tmp_path):
     import tm2onnx
 
-    kernels = optimized_ops(tm2onnx.export(signed_conv, qdq_weights="uint8"), tmp_path)
+    kernels = optimized_ops(tm2onnx.export(signed_conv, qdq_weights="uint8",
+                                           target="onnxruntime"), tmp_path)
     assert "QLinearConv" in kernels and "Conv" not in kernels
 
 

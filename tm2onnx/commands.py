@@ -19,6 +19,7 @@ from .cli import EXIT_ERROR, EXIT_MISMATCH, EXIT_OK, Progress, csv, parse_key_va
 from .errors import OutputMismatch, RunError, Tm2OnnxError
 from .exporter import QDQ_ACTIVATIONS, QDQ_WEIGHTS
 from .options import add_load_options, add_write_options, load_tm, output_target, write_model
+from .targets import DEFAULT_TARGET, TARGETS, check_model_for_target, targets_help
 from .validate_cli import validate_arguments, validate_command
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {}
@@ -210,6 +211,9 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="QAT/int8 models: 8-bit weight type (int8: TensorRT and "
                              "onnxruntime on VNNI CPUs; uint8 = int8+128: exact in "
                              "onnxruntime on x86 without VNNI, whose U8S8 kernels saturate)")
+    parser.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
+                        help="the toolchain the file is for: its patterns, and a refusal of "
+                             "what it cannot run (README#targets). " + targets_help())
     parser.add_argument("--quant-params-json", metavar="FILE",
                         help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)
@@ -237,11 +241,14 @@ def export_command(args: argparse.Namespace, progress: Progress) -> int:
     model = export(traced, opset=args.opset, dynamic_batch=args.dynamic_batch,
                    input_names=csv(args.input_names), output_names=csv(args.output_names),
                    source=args.model, qdq_activations=args.qdq_activations,
-                   qdq_weights=args.qdq_weights)
+                   qdq_weights=args.qdq_weights, target=args.target)
     source = args.model
     if args.dynamic_batch and args.validate and "batch" not in _dims(args):
         args.dim = (args.dim or []) + ["batch=1"]
+    exported = model
     model = run_passes(model, args, progress, args.validate)
+    if model is not exported:  # the transforms' result must still run on the target
+        check_model_for_target(model, args.target, source)
     status = EXIT_OK
     if args.validate:
         from .validate import against_megengine

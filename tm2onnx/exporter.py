@@ -15,7 +15,8 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
-from .guards import check_traced_shapes, inferred_types
+from .guards import check_no_float64, check_traced_shapes, inferred_types
+from .targets import DEFAULT_TARGET, check_target, get_target
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -38,11 +39,14 @@ def load_traced(path: str | os.PathLike, *, allow_modules: Sequence[str] = (),
 def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
            dynamic_batch: bool = False, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, source: str | None = None,
-           qdq_activations: str = "uint8", qdq_weights: str = "int8") -> onnx.ModelProto:
+           qdq_activations: str = "uint8", qdq_weights: str = "int8",
+           target: str = DEFAULT_TARGET) -> onnx.ModelProto:
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
     `source` names the model in error messages (default: the path, or the type name).
     `qdq_activations` ("uint8" or "int8") types QAT/int8 activations, `qdq_weights` ("int8" or
-    "uint8" = int8 + 128) their 8-bit weights (README#quantization)."""
+    "uint8" = int8 + 128) their 8-bit weights (README#quantization). `target` picks the
+    toolchain's patterns and refuses what it cannot run (README#targets; default "generic",
+    the portable form)."""
     from . import converters
 
     converters.load_all()
@@ -57,6 +61,7 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
                       "size-1 logic such as squeeze() cannot tell the batch axis apart — trace "
                       "at batch > 1 to be sure", stacklevel=2)
     ctx = ExportContext(opset=opset, dynamic_batch=dynamic_batch, source=source)
+    ctx.target = get_target(target, source)
     ctx.qdq_activations = _check_choice("qdq_activations", qdq_activations, QDQ_ACTIVATIONS,
                                         source)
     ctx.qdq_weights = _check_choice("qdq_weights", qdq_weights, QDQ_WEIGHTS, source)
@@ -181,6 +186,7 @@ def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
 
 def _finish(ctx: ExportContext) -> onnx.ModelProto:
     ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _portable_rewrites(ctx.graph)
     _undeclare_data_dependent(ctx.graph)
     model = gs.export_onnx(ctx.graph, do_type_check=True)
     # The lowest IR version the opset needs, so every runtime that knows the opset loads it.
@@ -202,7 +208,28 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
     check_traced_shapes(model, types, ctx.expected, ctx.source)
+    check_no_float64(model, types, _traced_float64(ctx), ctx.source)
+    check_target(model, types, ctx.target, ctx.source)
     return model
+
+
+def _traced_float64(ctx: ExportContext) -> bool:
+    """Whether MegEngine traced any float64 value (an input or an expr output)."""
+    dtypes = [dtype for _, _, dtype in ctx.expected]
+    dtypes += [value.dtype for value in ctx.graph.inputs]
+    return any(dtype is not None and np.dtype(dtype) == np.float64 for dtype in dtypes)
+
+
+PORTABLE_REWRITES = ("shuffle-4d",)  # every target: rank <= 4 where a 4-D form keeps the batch
+
+
+def _portable_rewrites(graph: gs.Graph) -> None:
+    """Patterns MegEngine code writes in a form some toolchains cannot run, rewritten to an
+    equivalent one every toolchain has (each transform proves its match, or skips)."""
+    from .transforms import TRANSFORMS
+
+    for name in PORTABLE_REWRITES:
+        TRANSFORMS[name](graph)  # no size stats: they would walk every weight once more
 
 
 def _has_symbolic_dim(tensor: gs.Tensor) -> bool:

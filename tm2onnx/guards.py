@@ -88,3 +88,26 @@ def _where(node: Any) -> str:
     expr = props.get("expr") or node.name
     module = f" in {props['module']}" if props.get("module") else ""
     return f"{expr}{module}: "
+
+
+def check_no_float64(model: onnx.ModelProto, types: dict[str, onnx.TypeProto],
+                     traced_float64: bool, source: str) -> None:
+    """No DOUBLE tensor, initializer or Cast unless MegEngine itself computed in float64: a
+    converter that promoted by numpy's rules (float32 x int32 -> float64) exports ops that
+    TFLite, TensorRT and most NPUs cannot run, for values MegEngine kept in float32."""
+    if traced_float64:
+        return
+    double = onnx.TensorProto.DOUBLE
+    producers = {name: node for node in model.graph.node for name in node.output}
+    names = [name for name, value in types.items()
+             if value.HasField("tensor_type") and value.tensor_type.elem_type == double]
+    names += [init.name for init in model.graph.initializer if init.data_type == double]
+    casts = [node for node in model.graph.node if node.op_type == "Cast"
+             and any(a.name == "to" and a.i == double for a in node.attribute)]
+    if names or casts:
+        node = casts[0] if casts else producers.get(names[0])
+        shown = names[0] if names else node.output[0]
+        raise ConversionError(f"{_where(node)}{shown}: a float64 tensor where MegEngine traced "
+                              "no float64 value", where=source,
+                              hint="a converter promoted by numpy's rules, not MegEngine's; "
+                                   "this is a tm2onnx bug, please report it")

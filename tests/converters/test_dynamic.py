@@ -69,11 +69,26 @@ def layout_mix():
                     F.pixel_shuffle(x.reshape(n, 1, c, h, w), 2), F.squeeze(x[:, :1], 1),
                     x.reshape(batch, -1, w)[:, c - 1])
 
-    return Net(), (4, 3, 2), ["Shape", "Transpose", "Split", "Tile", "Where", "DepthToSpace",
+    return Net(), (4, 3, 2), ["Shape", "Transpose", "Split", "Tile", "Expand", "DepthToSpace",
                               "Gather"]
 
 
+def set_rows():
+    """x[:, 0] = v with v following the batch: Slice + Expand(Shape) + Concat."""
+    import megengine.module as M
+
+    class Net(M.Module):
+        def forward(self, x):
+            y = x + 0
+            y[:, 0] = x[:, 1] * 2
+            y[:, 2:, 1] = 0.5
+            return y
+
+    return Net(), (3, 2), ["Shape", "Expand", "Concat"]
+
+
 NETS = [pytest.param(conv_flatten_matmul, id="conv-reshape-matmul"),
+        pytest.param(set_rows, id="set-rows"),
         pytest.param(half_channels, id="slice-half-channels"),
         pytest.param(flattens, id="flatten"),
         pytest.param(layout_mix, id="layout-mix")]
@@ -113,16 +128,20 @@ def test_dynamic_refusals(megengine):
     from tm2onnx.errors import ConversionError
 
     class SetRows(M.Module):
-        def forward(self, x, v):
+        def __init__(self):
+            super().__init__()
+            self.v = megengine.Tensor(np.arange(2, dtype=np.float32))  # one per traced row
+
+        def forward(self, x):
             y = x + 0
-            y[:, 0] = v
+            y[:, 0] = self.v
             return y
 
     class SplitBatch(M.Module):
         def forward(self, x):
             return F.split(x, 2)
 
-    cases = [(SetRows(), [(2, 3), (2,)], "export without dynamic_batch"),
+    cases = [(SetRows(), [(2, 3)], "export without dynamic_batch"),
              (SplitBatch(), [(4, 3)], "give split indices")]
     for net, shapes, hint in cases:
         inputs = [megengine.Tensor(np.ones(shape, dtype=np.float32)) for shape in shapes]

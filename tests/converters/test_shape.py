@@ -140,12 +140,12 @@ def _setitem(index, value):
     return fn
 
 
-SETITEM = [
-    case(_setitem((slice(None), 0), 1.5), [(2, 3, 4)], ["Where"], "setitem-scalar"),
+SETITEM = [  # static indices: Slice + Concat, or a constant Gather + Where (never ScatterND)
+    case(_setitem((slice(None), 0), 1.5), [(2, 3, 4)], ["Concat"], "setitem-scalar"),
     case(_setitem((Ellipsis, slice(1, None, 2)), -1), [INT_X], ["Where"], "setitem-int32"),
-    case(_setitem((1, slice(None, 2)), None), [(2, 3, 4), (4,)], ["ScatterND"],
+    case(_setitem((1, slice(None, 2)), None), [(2, 3, 4), (4,)], ["Concat"],
          "setitem-tensor-broadcast"),
-    case(_setitem((slice(None), slice(None), 0), None), [(2, 3, 4), (1, 3)], ["ScatterND"],
+    case(_setitem((slice(None), slice(None), 0), None), [(2, 3, 4), (1, 3)], ["Concat"],
          "setitem-tensor"),
 ]
 

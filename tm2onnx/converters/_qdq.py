@@ -144,22 +144,38 @@ def activation_encoding(ctx: ExportContext, qp: QParams, *, relu: bool = False
 
 def emit_qdq(ctx: ExportContext, value: Any, qp: QParams, outputs: list | None = None,
              *, relu: bool = False) -> Any:
-    """QuantizeLinear -> DequantizeLinear of a float tensor (fake quantization). `relu` puts the
-    ReLU after quantization as Clip(q, zero point, qmax): exact (Q is monotone and Q(0) is the
-    zero point; qmax keeps MegEngine's saturation when uint8 zero point 0 holds an int8 ReLU
+    """QuantizeLinear -> DequantizeLinear of a float tensor (fake quantization). `relu` is a
+    float Clip(x, 0, (qmax - zero point) * scale) before Q (portable and exact, see
+    _float_relu_clip); for a target with `integer_relu_clip` (onnxruntime) it is put after
+    quantization as Clip(q, zero point, qmax): exact (Q is monotone and Q(0) is the zero
+    point; qmax keeps MegEngine's saturation when uint8 zero point 0 holds an int8 ReLU
     output), and it leaves Conv/Gemm -> QuantizeLinear adjacent for onnxruntime to fuse into
     int8 kernels (its CPU Clip runs on int8/uint8; Max does not)."""
     dtype, shift = activation_encoding(ctx, qp, relu=relu)
     scale = ctx.const(qp.scale.reshape(()), name=f"{ctx.base_name}.act_scale")
-    zero = ctx.const(np.asarray(qp.zero_point.reshape(()) + shift, dtype=dtype),
-                     name=f"{ctx.base_name}.act_zero_point")
+    zero_point = int(qp.zero_point.reshape(-1)[0]) + shift
+    zero = ctx.const(np.asarray(zero_point, dtype=dtype), name=f"{ctx.base_name}.act_zero_point")
+    integer_clip = relu and getattr(getattr(ctx, "target", None), "integer_relu_clip", False)
+    if relu and not integer_clip:
+        value = _float_relu_clip(ctx, value, qp, zero_point, qp.qmax + shift)
     quantized = ctx.op("QuantizeLinear", [value, scale, zero])
-    if relu:
+    if integer_clip:
         top = ctx.const(np.asarray(qp.qmax + shift, dtype=dtype), name=f"{ctx.base_name}.qmax")
         quantized = ctx.op("Clip", [quantized, zero, top])
     if outputs is None:
         return ctx.op("DequantizeLinear", [quantized, scale, zero])
     return ctx.emit("DequantizeLinear", [quantized, scale, zero], outputs)[0]
+
+
+def _float_relu_clip(ctx: ExportContext, value: Any, qp: QParams, zero: int, top: int) -> Any:
+    """The same ReLU in float before QuantizeLinear (the portable form: onnx2tf lowers an
+    integer Clip wrongly): Q is monotone, Q(0) is the zero point and Q((top - zero) * scale)
+    rounds to top, so Q(Clip(x, 0, (top - zero) * scale)) == Clip(Q(x), zero, top)."""
+    scale = float(qp.scale.reshape(-1)[0])
+    low = ctx.const(np.asarray(0.0, dtype=np.float32), name=f"{ctx.base_name}.relu_low")
+    high = ctx.const(np.asarray((top - zero) * scale, dtype=np.float32),
+                     name=f"{ctx.base_name}.relu_high")
+    return ctx.op("Clip", [value, low, high])
 
 
 def grid_of(tensor: Any, *, rounded: bool, depth: int = 32) -> tuple[Any, Any, bool] | None:

@@ -24,14 +24,24 @@ def _is_node(value: Any) -> bool:
     return hasattr(value, "expr")
 
 
+def megengine_promotion(dtypes: list[np.dtype]) -> np.dtype:
+    """MegEngine's common type of tensors, not numpy's: a float beside an integer gives at
+    least float32 (float32 x int32 -> float32, float16 x int32 -> float32; numpy says float64,
+    which would put DOUBLE ops into a graph MegEngine computed in float32)."""
+    floats = [d for d in dtypes if d.kind == "f"]
+    if floats and len(floats) < len(dtypes):
+        return np.result_type(np.float32, *floats)
+    return np.result_type(*dtypes)
+
+
 def compute_dtype(lhs: Any, rhs: Any, fallback: np.dtype) -> np.dtype:
-    """The dtype both operands are cast to: the tensors' common type, where a Python float
-    beside an integer tensor promotes to float32 (MegEngine's rule)."""
+    """The dtype both operands are cast to: the tensors' common type by MegEngine's rules,
+    where a Python float beside an integer tensor promotes to float32."""
     dtypes = [tensor_dtype(v) for v in (lhs, rhs) if _is_node(v)]
     scalars = [v for v in (lhs, rhs) if not _is_node(v)]
     if not dtypes:
         return fallback
-    common = np.result_type(*dtypes)
+    common = megengine_promotion(dtypes)
     if any(isinstance(s, float) or np.asarray(s).dtype.kind == "f" for s in scalars) \
             and common.kind in "iub":
         return np.dtype(np.float32)
@@ -47,8 +57,10 @@ def operand(ctx: ExportContext, value: Any, dtype: np.dtype) -> Any:
 def emit_binary(ctx: ExportContext, expr: Any, op: str, lhs: Any, rhs: Any) -> None:
     result = out_dtype(expr)
     dtype = compute_dtype(lhs, rhs, result)
-    if result.kind == "f" and dtype.kind in "iub":
-        dtype = result  # int / int and int ** int give floats: 2 ** -3 must not truncate to 0
+    if result.kind == "f":
+        # The traced dtype is MegEngine's own: int / int and int ** int give floats (2 ** -3
+        # must not truncate to 0), and float32 x int32 stays float32.
+        dtype = result
     a, b = operand(ctx, lhs, dtype), operand(ctx, rhs, dtype)
     if op in ("FloorDiv", "Mod"):
         value = _floor_div(ctx, a, b, dtype) if op == "FloorDiv" else _mod(ctx, a, b, dtype)
@@ -71,9 +83,9 @@ def _finish(ctx: ExportContext, expr: Any, value: Any, have: np.dtype, want: np.
 def _floor_div(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:
     if dtype.kind == "f":
         return ctx.op("Floor", [ctx.op("Div", [a, b])])
-    as_float = [ctx.op("Cast", [t], to=onnx_dtype(np.float64)) for t in (a, b)]
-    floored = ctx.op("Floor", [ctx.op("Div", as_float)])
-    return ctx.op("Cast", [floored], to=onnx_dtype(dtype))
+    # Integer Div truncates; a - (a mod b) (Python's mod, the divisor's sign) is an exact
+    # multiple of b, so dividing it truncates nothing: floor division without float64.
+    return ctx.op("Div", [ctx.op("Sub", [a, _mod(ctx, a, b, dtype)]), b])
 
 
 def _mod(ctx: ExportContext, a: Any, b: Any, dtype: np.dtype) -> Any:

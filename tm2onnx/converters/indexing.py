@@ -1,6 +1,7 @@
-"""`x.shape` (the GetVarShape apply), `x[index]` and simple `x[index] = value`: indexing is
-one Slice, a rank-keeping Gather per integer or array index, one Squeeze of the integer axes
-and one Unsqueeze for the `None`s; several array indices are one GatherND (_advanced_index)."""
+"""`x.shape` (the GetVarShape apply) and `x[index]`: indexing is one Slice, a rank-keeping
+Gather per integer or array index, one Squeeze of the integer axes and one Unsqueeze for the
+`None`s; several array indices are one GatherND (_advanced_index); `x[index] = v` is in
+setitem.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from megengine.core.ops.builtin import GetVarShape
 from ..context import ExportContext
 from ..errors import ConversionError
 from . import apply_converter, method_converter
-from ._util import call_args, cast_if_needed, int64_vector, onnx_dtype, tensor_dtype
+from ._util import call_args, int64_vector, onnx_dtype
 
 INT64_MAX = int(np.iinfo(np.int64).max)
 INT64_MIN = int(np.iinfo(np.int64).min)
@@ -184,60 +185,3 @@ def _mask_index(ctx: ExportContext, expr: Any, x: Any, items: list) -> None:
     flat_mask = ctx.op("Reshape", [ctx.value_of(mask), ctx.shape_const([-1])])
     variables = ctx.emit("Compress", [flat, flat_mask], expr.outputs, axis=position)
     data_dependent(ctx, variables, expr.outputs, axis=position)
-
-
-def _static_index(ctx: ExportContext, index: Any) -> Any:
-    """The index with known TensorNodes replaced by their values (runtime ones refused)."""
-    def resolve(item: Any) -> Any:
-        if isinstance(item, slice):
-            return slice(resolve(item.start), resolve(item.stop), resolve(item.step))
-        if not is_node(item):
-            return item
-        if not ctx.is_known(item):
-            raise ConversionError(f"{ctx.base_name}: x[index] = v with an index computed at run "
-                                  "time", where=ctx.source, hint="use constant indices")
-        value = ctx.known(item)
-        return value.item() if value.ndim == 0 else value
-    return tuple(resolve(i) for i in index) if isinstance(index, tuple) else resolve(index)
-
-
-def _is_scalar(value: Any) -> bool:
-    if is_node(value):
-        return int(np.prod(value.shape or ())) == 1
-    return np.size(value) == 1
-
-
-@method_converter("__setitem__")
-def setitem(ctx: ExportContext, expr: Any) -> None:
-    """A scalar value: Where(mask, value, x) with a constant mask (batch-independent when the
-    index leaves axis 0 whole); a tensor value: ScatterND into the flattened tensor."""
-    args = call_args(expr)
-    x, value = args["self"], args["value"]
-    shape, dtype = tuple(x.shape), np.dtype(x.dtype)
-    index = _static_index(ctx, args["index"])
-    if ctx.dynamic_batch and not is_full(expand_index(ctx, index, len(shape))[0]):
-        raise ConversionError(f"{ctx.base_name}: x[index] = v touching axis 0 with a dynamic "
-                              "batch", where=ctx.source,
-                              hint="index axis 0 with ':' or export without dynamic_batch")
-    value_tensor = _value_as(ctx, value, dtype)
-    if _is_scalar(value):
-        mask = np.zeros((1,) + shape[1:] if ctx.dynamic_batch else shape, dtype=np.bool_)
-        mask[index] = True
-        scalar = ctx.op("Reshape", [value_tensor, ctx.shape_const([])])
-        ctx.emit("Where", [ctx.const(mask), scalar, ctx.value_of(x)], expr.outputs)
-        return
-    if ctx.dynamic_batch:
-        raise ConversionError(f"{ctx.base_name}: x[index] = tensor with a dynamic batch",
-                              where=ctx.source, hint="export without dynamic_batch")
-    positions = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)[index]
-    updates = ctx.op("Expand", [value_tensor, ctx.shape_const(positions.shape)])
-    flat = ctx.op("Reshape", [ctx.value_of(x), ctx.shape_const([-1])])
-    scattered = ctx.op("ScatterND", [flat, ctx.const(positions.reshape(-1, 1)),
-                                     ctx.op("Reshape", [updates, ctx.shape_const([-1])])])
-    ctx.emit("Reshape", [scattered, ctx.shape_const(shape)], expr.outputs)
-
-
-def _value_as(ctx: ExportContext, value: Any, dtype: np.dtype) -> Any:
-    if is_node(value):
-        return cast_if_needed(ctx, ctx.value_of(value), tensor_dtype(value), dtype)
-    return ctx.const(np.asarray(value, dtype=dtype))

@@ -221,19 +221,26 @@ def broadcast_method(ctx: ExportContext, expr: Any) -> None:
 
 @function_converter(F.repeat)
 def repeat(ctx: ExportContext, expr: Any) -> None:
-    """Each element `repeats` times: Unsqueeze after `axis`, Tile there, merge the two axes."""
+    """Each element `repeats` times along `axis`, at rank <= 4 with the batch kept: the axes
+    from 1 to `axis` merged into one and those after it into another, (n, m, 1, t), Tiled
+    along the size-1 axis, then reshaped back (an Unsqueeze + Tile at rank + 1 would make
+    the 2x nearest upsampling of a 4-D NCHW map 5-D, which ncnn/pnnx cannot run)."""
     args = call_args(expr)
     x, repeats, axis = args["inp"], _ints(ctx, args["repeats"])[0], args["axis"]
-    tensor, tail = ctx.value_of(x), [int(d) for d in x.shape]
+    tensor, dims = ctx.value_of(x), [int(d) for d in x.shape]
     if axis is None:
-        tensor, axis, tail = ctx.op("Reshape", [tensor, ctx.shape_const([-1])]), 0, []
+        tensor, axis, dims = ctx.op("Reshape", [tensor, ctx.shape_const([-1])]), 0, [-1]
+    axis = normalize_axis(int(axis), len(dims))
+    tail = int(np.prod(dims[axis + 1:], dtype=np.int64))
+    if axis == 0:  # Reshape's 0 copies the (maybe dynamic) leading size
+        grouped, reps, out = [0, 1, tail], [1, repeats, 1], [-1] + dims[1:]
     else:
-        axis = normalize_axis(int(axis), len(tail))
-        tail = tail[axis + 1:]
-    reps = [1] * (axis + 1) + [repeats] + [1] * len(tail)
-    chain(ctx, expr, tensor, [("Unsqueeze", [ctx.shape_const([axis + 1])], {}),
+        middle = int(np.prod(dims[1:axis + 1], dtype=np.int64))
+        grouped, reps = [0, middle, 1, tail], [1, 1, repeats, 1]
+        out = [0] + dims[1:axis] + [dims[axis] * repeats] + dims[axis + 1:]
+    chain(ctx, expr, tensor, [("Reshape", [ctx.shape_const(grouped)], {}),
                               ("Tile", [ctx.shape_const(reps)], {}),
-                              ("Reshape", [ctx.shape_const([0] * axis + [-1] + tail)], {})])
+                              ("Reshape", [ctx.shape_const(out)], {})])
 
 
 @function_converter(F.tile)
