@@ -4,12 +4,16 @@ ONNX output name. Each runtime is an optional extra; none of this imports MegEng
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -73,7 +77,8 @@ def run_toolchain(name: str, model_path: str | Path, feeds: Feeds, precision: st
     RunError naming it (a refusal, never a silent mismatch)."""
     found = require(name, precision)
     try:
-        return found.run(Path(model_path), feeds, precision)
+        with _stdout_to_stderr():
+            return found.run(Path(model_path), feeds, precision)
     except Tm2OnnxError:
         raise
     except Exception as err:  # each toolchain raises its own unrelated types
@@ -88,17 +93,21 @@ def output_names(model_path: Path) -> list[str]:
 
 @toolchain("openvino", extra="openvino", modules=("openvino",), precisions=PRECISIONS)
 def run_openvino(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
-    # OpenVINO's CPU plugin runs bf16 by default on AVX-512 BF16 / AMX CPUs (3e-2 on BERT):
-    # the hint makes the comparison about the graph, not about a silent precision change.
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(model_path)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": precision})
-    results = compiled.create_infer_request().infer(feeds)
+    results = compile_openvino(model_path, precision).create_infer_request().infer(feeds)
     by_name = {name: np.asarray(value) for port, value in results.items()
                for name in port.get_names()}
     return {name: by_name[name] for name in output_names(model_path) if name in by_name}
+
+
+def compile_openvino(model_path: Path, precision: str = "f32") -> Any:
+    """The model compiled for OpenVINO's CPU plugin at `precision`. The hint is always set:
+    the plugin's default is bf16 on AVX-512 BF16 / AMX CPUs (3e-2 on BERT), which would make
+    the comparison about a silent precision change instead of the graph."""
+    import openvino as ov
+
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(model_path)), "CPU",
+                              {"INFERENCE_PRECISION_HINT": precision})
 
 
 @toolchain("tvm", extra="tvm", modules=("tvm",))
@@ -120,11 +129,12 @@ def run_tvm(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
     return {name: value.numpy() for name, value in zip(output_names(model_path), values)}
 
 
-@toolchain("mnn", extra="mnn", modules=("MNN",))
+@toolchain("mnn", extra="mnn", modules=("MNN", "_tools"))
 def run_mnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
-    # The converter's C entry point, not the `mnnconvert` script: importing that runs pip and
-    # tries to send a usage log.
-    from MNN import _tools, expr, nn
+    # The converter's C module `_tools`, never MNN.tools: importing MNN.tools.mnnconvert runs
+    # `pip install` and tries to send a usage log.
+    import _tools
+    from MNN import expr, nn
 
     names = output_names(model_path)
     with tempfile.TemporaryDirectory(prefix="tm2onnx-mnn-") as work:
@@ -134,21 +144,27 @@ def run_mnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
         if not Path(target).exists():
             raise RunError(f"MNN's converter wrote no model for {model_path.name}")
         module = nn.load_module_from_file(target, list(feeds), names)
-        inputs = [expr.const(np.ascontiguousarray(value), list(value.shape), expr.NCHW,
-                             _mnn_dtype(value.dtype)) for value in feeds.values()]
+        inputs = [_mnn_input(value) for value in feeds.values()]
         outputs = module.onForward(inputs)
         return {name: np.array(expr.convert(out, expr.NCHW).read(), copy=True)
                 for name, out in zip(names, outputs)}
 
 
-def _mnn_dtype(dtype: np.dtype):
+def _mnn_input(value: np.ndarray) -> Any:
+    # MNN's converter turns int64 inputs into int32 ones: an int64 buffer would be read as
+    # pairs of int32 (garbage indices), so narrow it, refusing values that do not fit.
     from MNN import expr
 
+    if value.dtype == np.int64:
+        if value.size and (value.min() < -2**31 or value.max() >= 2**31):
+            raise RunError("MNN runs int64 inputs as int32; these values do not fit")
+        value = value.astype(np.int32)
     table = {np.dtype(np.float32): expr.float, np.dtype(np.int32): expr.int,
-             np.dtype(np.int64): expr.int64, np.dtype(np.uint8): expr.uint8}
-    if np.dtype(dtype) not in table:
-        raise RunError(f"MNN takes no {dtype} input", hint="feed float32 or int32 inputs")
-    return table[np.dtype(dtype)]
+             np.dtype(np.uint8): expr.uint8}
+    if value.dtype not in table:
+        raise RunError(f"MNN takes no {value.dtype} input", hint="feed float32 or int inputs")
+    return expr.const(np.ascontiguousarray(value), list(value.shape), expr.NCHW,
+                      table[value.dtype])
 
 
 def copy_model(model_path: Path, work: Path) -> Path:
@@ -158,6 +174,21 @@ def copy_model(model_path: Path, work: Path) -> Path:
     for extra in model_path.parent.glob(model_path.name + ".data*"):
         shutil.copy2(extra, work / extra.name)
     return target
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Toolchains print progress from C++ straight to file descriptor 1 (MNN's converter, its
+    device banner): send it to stderr so that `validate --json` stays parseable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _importable(name: str) -> bool:
