@@ -1,5 +1,5 @@
-"""Runtimes other than onnxruntime that an exported file is deployed to (OpenVINO, TVM, MNN,
-TFLite via onnx2tf): one registry, name -> runner(model_path, feeds, precision) -> outputs by
+"""Runtimes other than onnxruntime that an exported file is deployed to (OpenVINO, TVM, MNN):
+one registry, name -> runner(model_path, feeds, precision) -> outputs by
 ONNX output name. Each runtime is an optional extra; none of this imports MegEngine."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -165,15 +164,6 @@ def _mnn_input(value: np.ndarray) -> Any:
         raise RunError(f"MNN takes no {value.dtype} input", hint="feed float32 or int inputs")
     return expr.const(np.ascontiguousarray(value), list(value.shape), expr.NCHW,
                       table[value.dtype])
-
-
-def copy_model(model_path: Path, work: Path) -> Path:
-    """A private copy (with external data): onnx2tf rewrites its input file in place."""
-    target = work / model_path.name
-    shutil.copy2(model_path, target)
-    for extra in model_path.parent.glob(model_path.name + ".data*"):
-        shutil.copy2(extra, work / extra.name)
-    return target
 
 
 @contextlib.contextmanager
