@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from tm2onnx.errors import RunError, Tm2OnnxError
+from tm2onnx.runtime.session import _one_line
 
 Feeds = dict[str, np.ndarray]
 Runner = Callable[[Path, Feeds, str], Feeds]
@@ -186,8 +187,3 @@ def _importable(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):  # a parent package missing, or a stub without a spec
         return False
-
-
-def _one_line(err: Exception) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
