@@ -1,6 +1,8 @@
 # tm2onnx: `make demo` exports a bundled model and validates it; `make test` runs the suite.
 # Both build .venv (Python 3.10, MegEngine 1.13 needs it) when it is missing; `make test` also
 # builds .venv-onnx (Python 3.12, numpy 2, no MegEngine) and runs the ONNX-side tests there.
+# .venv is the pinned run (onnx/onnxruntime 1.23.2, the newest for cp310); .venv-onnx takes
+# the newest onnx/onnxruntime, so a release that breaks us shows up in `make test`.
 
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -11,8 +13,10 @@ ONNX_PYTHON ?= 3.12
 ONNX_VENV   ?= .venv-onnx
 ONNX_PY     := $(ONNX_VENV)/bin/python
 ONNX_STAMP  := $(ONNX_VENV)/.installed
+PINNED      := "onnx==1.23.2" "onnxruntime==1.23.2"
 
-.PHONY: demo test test-onnx venv onnx-venv models bench bench-peers lint clean
+.PHONY: demo test test-onnx test-toolchains venv onnx-venv models bench bench-peers \
+        bench-toolchains gpu-check lint clean
 
 venv: $(STAMP)
 
@@ -22,7 +26,7 @@ $(STAMP): pyproject.toml
 	@PY310="$$(bash .ci/find-python310)" || exit 1; \
 	  [ -x "$(PY)" ] || { echo "creating $(VENV) with $$PY310"; "$$PY310" -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[megengine,dev]"
+	$(PY) -m pip install --quiet -e ".[megengine,dev]" $(PINNED)
 	@touch $(STAMP)
 
 $(ONNX_STAMP): pyproject.toml
@@ -30,6 +34,7 @@ $(ONNX_STAMP): pyproject.toml
 	  [ -x "$(ONNX_PY)" ] || { echo "creating $(ONNX_VENV) with $$PYX"; "$$PYX" -m venv $(ONNX_VENV); }
 	$(ONNX_PY) -m pip install --quiet --upgrade pip
 	$(ONNX_PY) -m pip install --quiet -e ".[megengine,dev]" "numpy>=2"
+	$(ONNX_PY) -m pip install --quiet --upgrade onnx onnxruntime
 	@touch $(ONNX_STAMP)
 
 demo: $(STAMP)
@@ -45,7 +50,31 @@ test: $(STAMP) $(ONNX_STAMP)
 test-onnx: $(ONNX_STAMP)
 	$(ONNX_PY) -c "import importlib.util as u, numpy; assert numpy.__version__ >= '2' \
 	  and not u.find_spec('megengine'), 'the ONNX-side venv must have numpy 2 and no MegEngine'"
-	$(ONNX_PY) -m pytest -q -m "onnx_side and not slow"
+	$(ONNX_PY) -c "import onnxruntime, onnx; print('ONNX side: onnxruntime', \
+	  onnxruntime.__version__, 'onnx', onnx.__version__)"
+	$(ONNX_PY) -m pytest -q -m "onnx_side and not slow and not toolchain"
+
+# validate --runtime tvm|mnn (and the OpenVINO tests again) in their own venv: not in CI (the
+# wheels are large); `make bench-toolchains` prints the model x toolchain matrix.
+TC_VENV  ?= .venv-tc
+TC_STAMP := $(TC_VENV)/.installed
+$(TC_STAMP): pyproject.toml
+	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
+	  [ -x "$(TC_VENV)/bin/python" ] || "$$PYX" -m venv $(TC_VENV)
+	$(TC_VENV)/bin/python -m pip install --quiet -e ".[dev,openvino,tvm,mnn]"
+	@touch $(TC_STAMP)
+
+test-toolchains: $(TC_STAMP)
+	$(TC_VENV)/bin/python -m pytest -q -m "toolchain or onnx_side" tests/runtime/test_toolchains.py \
+	  tests/runtime/test_toolchains_other.py
+
+bench-toolchains: $(STAMP) $(TC_STAMP)
+	$(PY) bench/toolchains.py --export bench/out/toolchains
+	$(TC_VENV)/bin/python bench/toolchains.py bench/out/toolchains
+
+# On a CUDA machine: the `gpu` tests and a TensorRT check (see bench/gpu_check.sh).
+gpu-check: $(ONNX_STAMP)
+	bash bench/gpu_check.sh
 
 models: $(STAMP)
 	$(PY) models/make_models.py
@@ -71,4 +100,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench
 
 clean:
-	rm -rf $(VENV) $(ONNX_VENV) $(PEERS_VENV) out build *.egg-info
+	rm -rf $(VENV) $(ONNX_VENV) $(PEERS_VENV) $(TC_VENV) out build *.egg-info

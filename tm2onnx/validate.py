@@ -19,6 +19,7 @@ from .runtime.compare import DEFAULT_ATOL_SCALE, DEFAULT_RTOL, Tolerance, merge
 from .runtime.inputs import int_ranges, load_inputs, random_feeds
 from .runtime.session import make_session, provider, run_model
 from .runtime.steps import OutputSteps, activation_grids, has_activation_qdq, output_steps
+from .validate_toolchain import ToolchainCheck, ToolchainRun
 
 DEFAULT_ATOL = None  # scaled to each output: DEFAULT_ATOL_SCALE * max|reference|
 Feeds = dict[str, np.ndarray]
@@ -41,10 +42,12 @@ class ValidationReport:
     reference_device: str = ""  # the provider that ran an ONNX reference
     steps: tuple[OutputSteps, ...] = ()  # quantized outputs end to end, in steps
     forced: ForcedReport | None = None  # the verdict on a QDQ model against MegEngine
+    toolchain: ToolchainCheck | None = None  # --runtime: another toolchain on the same feeds
 
     def __bool__(self) -> bool:
         verdict = self.comparison if self.forced is None else self.forced
-        return bool(verdict) and not (self.strict and self.warnings)
+        return (bool(verdict) and not (self.strict and self.warnings)
+                and (self.toolchain is None or bool(self.toolchain)))
 
     def __str__(self) -> str:
         inputs = ", ".join(f"{name} {list(shape)} {dtype}"
@@ -61,6 +64,7 @@ class ValidationReport:
         lines.append(self._needed() if self.forced is None else
                      f"verdict:  {'PASS' if self else 'FAIL'} (per layer, teacher-forced; "
                      f"--atol compares end to end instead)")
+        lines += self.toolchain.lines() if self.toolchain is not None else []
         if self.localization is not None:
             lines.append(str(self.localization))
         return "\n".join(lines)
@@ -97,7 +101,8 @@ class ValidationReport:
                                  else None),
                 "verdict": "end-to-end" if self.forced is None else "teacher-forced",
                 "end_to_end_steps": [steps.to_dict() for steps in self.steps],
-                "teacher_forced": self.forced.to_dict() if self.forced is not None else None}
+                "teacher_forced": self.forced.to_dict() if self.forced is not None else None,
+                "toolchain": self.toolchain.to_dict() if self.toolchain is not None else None}
 
     def to_json(self) -> str:
         """Strict JSON: inf/NaN statistics become the strings "inf"/"nan"."""
@@ -156,9 +161,11 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
               dims: dict[str, int] | None = None, int_range: tuple[int, int] | None = None,
               device: str = "cpu", rtol: float = DEFAULT_RTOL, atol: float | None = DEFAULT_ATOL,
               atol_scale: float = DEFAULT_ATOL_SCALE, strict: bool = False,
-              localize: bool | str = "auto", forced: Callable | None = None) -> ValidationReport:
+              localize: bool | str = "auto", forced: Callable | None = None,
+              toolchain: ToolchainRun | None = None) -> ValidationReport:
     """`localize`: True always, "auto" when outputs differ (and no `forced` check names the
-    layer), False never. `forced(samples, device, tolerance)`: the teacher-forced verdict."""
+    layer), False never. `forced(samples, device, tolerance)`: the teacher-forced verdict.
+    `toolchain`: runs another runtime on every sample (validate_toolchain.py)."""
     samples, source = _samples(model, inputs, seed, runs, dims, int_range)
     session = make_session(model, device=device)
     grids = activation_grids(model) if forced is not None else {}
@@ -172,6 +179,8 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
         comparison = result if comparison is None else merge(comparison, result, runs=index)
         for name, found in output_steps(reference_values, values, grids).items():
             steps[name] = steps[name].merged(found) if name in steps else found
+        if toolchain is not None:
+            toolchain(feeds, values, reference_values, ort_device=_device_of(provider(session)))
     warnings = tuple(_input_warnings(samples) + comparison.warnings)
     verdict = None
     if forced is not None:
@@ -190,7 +199,8 @@ def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callabl
                             _describe(samples[0]), comparison, len(samples), source, ranges,
                             warnings, strict, found,
                             reference_device and _device_of(reference_device),
-                            tuple(steps.values()), verdict)
+                            tuple(steps.values()), verdict,
+                            toolchain.result() if toolchain is not None else None)
 
 
 def _samples(model: onnx.ModelProto, inputs: Any, seed: int, runs: int,

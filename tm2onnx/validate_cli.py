@@ -21,6 +21,7 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
                            help="MegEngine reference (a pickled TracedModule)")
     reference.add_argument("--against", metavar="REF.onnx", help="another ONNX model as reference")
     _validation_options(parser)
+    _runtime_options(parser)
     group = parser.add_argument_group("inputs and report")
     group.add_argument("--reference-device", choices=["cpu", "cuda", "auto"],
                        help="provider for the --against model (default: --device)")
@@ -45,6 +46,19 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
                        help="draw every matched tensor's error along the graph (needs "
                             "matplotlib: pip install 'tm2onnx[plot]'); implies --localize")
     add_load_options(parser)
+
+
+def _runtime_options(parser: argparse.ArgumentParser) -> None:
+    from .runtime.toolchains import PRECISIONS, TOOLCHAINS
+
+    group = parser.add_argument_group("other toolchains")
+    group.add_argument("--runtime", choices=sorted(TOOLCHAINS),
+                       help="also run the model on this toolchain (an optional extra: pip "
+                            "install 'tm2onnx[NAME]') and compare it with onnxruntime and the "
+                            "reference; without --tm/--against the reference is onnxruntime "
+                            "with optimizations off")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="the toolchain's inference precision (f32; OpenVINO also f16/bf16)")
 
 
 def validate_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,8 +106,20 @@ def validate_command(args: argparse.Namespace, progress: Progress) -> int:
 
         check_plotting(args.plot)
     options = validate_options(args)
-    if args.against:
+    if args.precision and not args.runtime:
+        raise Tm2OnnxError("--precision applies to --runtime only",
+                           hint="add --runtime NAME (onnxruntime runs the model as written)")
+    if args.runtime and not (args.tm or args.against or args.model.endswith(".tm")):
+        progress.step(f"running {args.model} in onnxruntime and {args.runtime}")
+        model = load_onnx(args.model)
+        options["toolchain"] = _toolchain(args, options, args.model, "")
+        report = validate.against_onnx(model, model, subject=args.model,
+                                       reference=f"{args.model}, optimizations off",
+                                       **options)
+    elif args.against:
         progress.step(f"running {args.model} and {args.against} in onnxruntime")
+        if args.runtime:
+            options["toolchain"] = _toolchain(args, options, args.model, args.against)
         report = validate.against_onnx(load_onnx(args.model), load_onnx(args.against),
                                        subject=args.model, reference=args.against,
                                        reference_device=args.reference_device, **options)
@@ -106,6 +132,14 @@ def validate_command(args: argparse.Namespace, progress: Progress) -> int:
         progress.step(f"wrote {args.plot}")
     sys.stdout.write((report.to_json() if args.json else str(report)) + "\n")
     return EXIT_OK if report else EXIT_MISMATCH
+
+
+def _toolchain(args: argparse.Namespace, options: dict, model: Any, reference: str) -> Any:
+    from .validate_toolchain import ToolchainRun
+
+    return ToolchainRun(args.runtime, model, precision=args.precision or "f32",
+                        reference=reference, rtol=options["rtol"], atol=options["atol"],
+                        atol_scale=options["atol_scale"])
 
 
 def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict) -> Any:
@@ -132,6 +166,10 @@ def _with_megengine(args: argparse.Namespace, progress: Progress, options: dict)
         raise Tm2OnnxError(f"{args.model} has {len(input_specs(model))} inputs, {tm_path} has "
                            f"{len(traced.graph.inputs[1:])}", where=args.model,
                            hint="compare a model with the .tm it was exported from")
-    progress.step("running onnxruntime and MegEngine")
+    if args.runtime:
+        source = args.model if args.model != tm_path else model
+        options["toolchain"] = _toolchain(args, options, source, "MegEngine")
+    progress.step("running onnxruntime and MegEngine" + (f" and {args.runtime}"
+                                                         if args.runtime else ""))
     return against_megengine(model, traced, subject=args.model,
                              reference=f"MegEngine ({tm_path})", **options)
