@@ -172,6 +172,25 @@ def teacher_forced(model: onnx.ModelProto, traced: Any, samples: Sequence[dict[s
     return ForcedReport(tuple(merged.values()), len(samples), tuple(sorted(unmapped)))
 
 
+def deployed(traced: Any) -> tuple[Any, str]:
+    """The reference a QDQ export of `traced` is judged against: `traced` itself, or, when its
+    QAT modules only observe (calibration_qconfig: no fake quantization, so its forward is
+    float), MegEngine's `quantize` of it, which is what the export deploys; and why."""
+    import megengine.module.qat as QAT
+    from megengine.quantization import quantize
+
+    modules = [m for _, m in traced.named_modules() if isinstance(m, QAT.QATModule)]
+    observing = [m for m in modules if getattr(m, "act_observer", None) is not None]
+    if not observing or any(getattr(m, "act_fake_quant", None) is not None
+                            or getattr(m, "weight_fake_quant", None) is not None
+                            for m in modules):
+        return traced, ""
+    int8 = quantize(traced, inplace=False)
+    int8.eval()
+    return int8, ("its quantize() (calibration only: the QAT forward does not quantize, the "
+                  "export deploys what quantize does)")
+
+
 def shared_names(model: onnx.ModelProto, run: Any) -> dict[str, str]:
     """MegEngine tensor (its first name in the interpreter) -> the ONNX tensor holding it: the
     same name, or a name it takes leaving nested modules, if the ONNX node making it comes

@@ -115,13 +115,19 @@ def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "mo
     from .runtime.megengine_ref import run_traced
 
     names = [output.name for output in model.graph.output]
+    quantized = teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is
+                                           None and has_activation_qdq(model))
+    if quantized:
+        from .localize_quant import deployed
+
+        traced, why = deployed(traced)
+        reference += f", {why}" if why else ""
 
     def run_reference(feeds: Feeds) -> Feeds:
         return dict(zip(names, run_traced(traced, list(feeds.values()))))
 
     forced = None
-    if teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is None
-                                  and has_activation_qdq(model)):
+    if quantized:
         from .localize_quant import teacher_forced as check
 
         def forced(samples: list[Feeds], device: str, tolerance: Tolerance) -> ForcedReport:
