@@ -27,8 +27,8 @@ LISTED = 12            # tensors named in the one-step line (all of them in to_d
 
 @dataclass(frozen=True)
 class ForcedTensor:
-    """One tensor both sides have: the reference's value (computed from the subject's values of
-    its inputs) against the subject's, in steps of its scale (quantized), in steps of the
+    """One tensor both sides have, one side computing it from the other's values of its inputs
+    (MegEngine from onnxruntime's; an ONNX subject from its ONNX reference's): in steps of its scale (quantized), in steps of the
     quantized tensors it averages (`gridded` False: need not lie on a grid), or at the float
     tolerance."""
 
@@ -75,7 +75,8 @@ class ForcedTensor:
 
     def to_dict(self) -> dict:
         return {"tensor": self.name, "shape": list(self.shape), "scale": self.scale,
-                "passed": self.passed, "on_grid_required": self.gridded, "forced": self.forced, "note": self.note,
+                "passed": self.passed, "on_grid_required": self.gridded, "forced": self.forced,
+                "note": self.note,
                 "steps": self.steps.to_dict() if self.steps is not None else None,
                 "float": self.diff.to_dict() if self.diff is not None else None,
                 "megengine": self.origin}
