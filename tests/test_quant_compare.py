@@ -160,3 +160,19 @@ def test_averaged_float_tensors_take_their_inputs_steps():
     assert grids == {"dq": pytest.approx(0.05)}
     assert averaged_grids(model, grids) == {"pool": pytest.approx(0.05),
                                             "flat": pytest.approx(0.05)}
+
+
+def test_differently_quantized_models_are_refused_by_name(tie_file, tmp_path, capsys):
+    """Nothing quantized in common (another tool's names and scales): one line saying so and
+    what to do, not a list of every tensor as dropped."""
+    model = tie_model()
+    for node in model.graph.node:
+        node.output[:] = [f"other_{name}" if name != "y" else name for name in node.output]
+        node.input[:] = [f"other_{name}" if name.endswith(("_q", "_dq", "c1", "c2", "w1", "w2"))
+                         and not name.endswith("w1_q") and not name.endswith("w2_q") else name
+                         for name in node.input]
+    other = tmp_path / "other.onnx"
+    onnx.save(model, other)
+    assert main(["validate", str(other), "--against", tie_file, "-q"]) == 1
+    out = capsys.readouterr().out
+    assert "two differently quantized models" in out and "--atol" in out, out

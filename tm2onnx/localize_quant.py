@@ -91,6 +91,7 @@ class ForcedReport:
     unmapped_outputs: tuple[str, ...] = ()
     reference: str = "MegEngine"          # what each tensor is judged against
     forcing: str = "MegEngine computed from onnxruntime's inputs"
+    unmatched_hint: str = "export with tm2onnx"  # what to do when no tensor is shared
 
     def __bool__(self) -> bool:
         return bool(self.tensors) and all(t.passed for t in self.tensors) \
@@ -126,8 +127,8 @@ class ForcedReport:
         lines += [f"  graph output {name} has no {self.reference} counterpart"
                   for name in self.unmapped_outputs]
         if not self.tensors:
-            lines.append(f"  FAIL: no tensor matched {self.reference}'s by name (export with "
-                         "tm2onnx)")
+            lines.append(f"  FAIL: no tensor matched {self.reference}'s by name "
+                         f"({self.unmatched_hint})")
         elif (bad := self.first_failure) is not None:
             failed = sum(not t.passed for t in self.tensors)
             lines.append(f"  FAIL: {failed} tensor(s) beyond {MAX_STEPS} step; first: "

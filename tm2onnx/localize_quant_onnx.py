@@ -100,6 +100,11 @@ def teacher_forced_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto
     outputs = {o.name for o in model.graph.output}
     by_key = {q.key(): name for name, q in ours.items()}
     pairs = {name: name if name in ours else by_key.get(q.key()) for name, q in theirs.items()}
+    if not set(ours) & set(theirs):  # by key alone, at most the input's QuantizeLinear pairs
+        return ForcedReport((), 0, reference=reference, forcing=f"{subject} shares with "
+                            f"{reference}", unmatched_hint="no QuantizeLinear output is named alike "
+                            "in both: two differently quantized models; "
+                            "compare them end to end with --atol")
     grids, session = activation_grids(model), None
     # A QuantizeLinear of a tensor already on a grid (a requantization, a copy at equal scale)
     # is computed from what is fed upstream, not fed: onnxruntime's optimizer drops such
