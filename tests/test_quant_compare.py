@@ -138,30 +138,6 @@ def test_against_json_reports_steps_per_tensor(tie_file, capsys):
     assert all(t["steps"]["max_steps"] <= 1 for t in forced["tensors"])
 
 
-def test_averaged_float_tensors_take_their_inputs_steps():
-    """A DequantizeLinear output averaged (GlobalAveragePool) and flattened stays float in
-    onnxruntime: judged in the DequantizeLinear's steps; a Gemm of it (weights) is not."""
-    from tm2onnx.runtime.steps import activation_grids, averaged_grids
-
-    model = parse_model("""
-        <ir_version: 9, opset_import: ["" : 17]>
-        pooled (float[1, 4, 2, 2] x) => (float[1, 3] y, float[1, 4] flat)
-        <float s = {0.05}, uint8 z = {128}, float[4, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-         12}>
-        {
-            q = QuantizeLinear(x, s, z)
-            dq = DequantizeLinear(q, s, z)
-            pool = GlobalAveragePool(dq)
-            flat = Flatten(pool)
-            y = MatMul(flat, w)
-        }
-    """)
-    grids = activation_grids(model)
-    assert grids == {"dq": pytest.approx(0.05)}
-    assert averaged_grids(model, grids) == {"pool": pytest.approx(0.05),
-                                            "flat": pytest.approx(0.05)}
-
-
 def test_differently_quantized_models_are_refused_by_name(tie_file, tmp_path, capsys):
     """Nothing quantized in common (another tool's names and scales): one line saying so and
     what to do, not a list of every tensor as dropped."""
