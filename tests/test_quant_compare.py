@@ -7,6 +7,7 @@ transform rescaling, flipping or dropping a quantization fails naming the tensor
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -24,9 +25,17 @@ def _weights(seed: int) -> str:
     return ", ".join(str(v) for v in values.reshape(-1))
 
 
-def tie_model() -> onnx.ModelProto:
-    """x -> Q/DQ -> Conv(int8 w1) -> Q/DQ (c1_q) -> Conv(int8 w2) -> Q/DQ (c2_q) -> y."""
+def tie_model(copy: bool = False) -> onnx.ModelProto:
+    """x -> Q/DQ -> Conv(int8 w1) -> Q/DQ (c1_q) -> Conv(int8 w2) -> Q/DQ (c2_q) -> y; `copy`:
+    c1 requantized at its own scale (c1_copy_q) before the second conv."""
     shape = f"[{CHANNELS}, {CHANNELS}, 3, 3]"
+    second = "c1_dq"
+    if copy:
+        second = """c1_copy
+            c1_copy_q = QuantizeLinear(c1_dq, y_scale, y_zero)
+            c1_copy = DequantizeLinear(c1_copy_q, y_scale, y_zero)"""
+    conv2 = "c2 = Conv <pads = [1, 1, 1, 1]> (" + second.split()[0] + ", w2)"
+    extra = "\n".join(second.splitlines()[1:])
     return parse_model(f"""
         <ir_version: 9, opset_import: ["" : 17]>
         tie (float[1, {CHANNELS}, 16, 16] x) => (float[1, {CHANNELS}, 16, 16] y)
@@ -41,8 +50,9 @@ def tie_model() -> onnx.ModelProto:
             c1 = Conv <pads = [1, 1, 1, 1]> (x_dq, w1)
             c1_q = QuantizeLinear(c1, y_scale, y_zero)
             c1_dq = DequantizeLinear(c1_q, y_scale, y_zero)
+            {extra}
             w2 = DequantizeLinear(w2_q, w_scale, w_zero)
-            c2 = Conv <pads = [1, 1, 1, 1]> (c1_dq, w2)
+            {conv2}
             c2_q = QuantizeLinear(c2, z_scale, y_zero)
             y = DequantizeLinear(c2_q, z_scale, y_zero)
         }}
@@ -120,6 +130,29 @@ def test_broken_qdq_transform_fails_naming_the_tensor(tie_file, tmp_path, capsys
     failure = next(line for line in captured.out.splitlines() if "FAIL:" in line)
     assert f"first: {tensor} " in failure, captured.out
     assert not out.exists()
+
+
+def test_dropping_a_copy_at_the_same_scale_passes(tmp_path, capsys, monkeypatch):
+    """Q(DQ(t)) at t's own scale and zero point copies t: a transform dropping it changes no
+    value and passes, though the reference's c1_copy_q has no counterpart."""
+    from tm2onnx.transforms import TRANSFORMS, TransformReport
+
+    def drop_copy(graph: gs.Graph) -> TransformReport:
+        """Rewires the second conv to c1_dq (what the copy holds)."""
+        report = TransformReport("drop-copy")
+        conv = next(node for node in graph.nodes if node.outputs[0].name == "c2")
+        conv.inputs[0] = graph.tensors()["c1_dq"]
+        graph.cleanup()
+        report.rewrote(conv.name)
+        return report
+
+    monkeypatch.setitem(TRANSFORMS, "drop-copy", drop_copy)
+    source, out = tmp_path / "copy.onnx", tmp_path / "out.onnx"
+    onnx.save(tie_model(copy=True), source)
+    assert main(["optimize", str(source), "-o", str(out), "--passes", "drop-copy",
+                 "--validate"]) == 0, capsys.readouterr().out
+    ops = Counter(n.op_type for n in onnx.load(out).graph.node)
+    assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 5  # the copy went
 
 
 def test_against_json_reports_steps_per_tensor(tie_file, capsys):

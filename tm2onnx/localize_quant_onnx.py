@@ -58,7 +58,8 @@ def quantized_tensors(model: onnx.ModelProto) -> dict[str, Quantized]:
         scale = onnx.numpy_helper.to_array(inits[node.input[1]])
         zero = onnx.numpy_helper.to_array(inits[node.input[2]])
         if scale.size == 1 and zero.size == 1 and node.output[0]:
-            found[node.output[0]] = Quantized(source(node.input[0]), scale.astype(np.float64).reshape(()),
+            found[node.output[0]] = Quantized(source(node.input[0]),
+                                              scale.astype(np.float64).reshape(()),
                                               zero.reshape(()))
     return found
 
@@ -92,7 +93,8 @@ def teacher_forced_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto
     """Every activation QuantizeLinear output of `reference_model` judged in the subject: the
     subject's value computed from the reference's values of the quantized tensors before it,
     dequantized with each side's own scale, in steps of the reference's; a reference tensor no
-    QuantizeLinear of the subject makes (same name, or same input, scale and zero point) fails;
+    QuantizeLinear of the subject makes (same name, or same input, scale and zero point) fails
+    unless it only copied a tensor on the same grid;
     graph outputs (by position) by the rule of their place (localize_quant.judged)."""
     tolerance = tolerance or Tolerance()
     samples = list(samples)[:FORCED_SAMPLES]
@@ -100,6 +102,11 @@ def teacher_forced_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto
     outputs = {o.name for o in model.graph.output}
     by_key = {q.key(): name for name, q in ours.items()}
     pairs = {name: name if name in ours else by_key.get(q.key()) for name, q in theirs.items()}
+    # A QuantizeLinear of a tensor already on its own grid copies it: dropping it changes no
+    # value, so the subject need not have it (the tensors around it are still compared).
+    ref_grids = activation_grids(reference_model)
+    pairs = {name: mine for name, mine in pairs.items() if mine is not None
+             or not np.isclose(ref_grids.get(theirs[name].input, 0.0), theirs[name].scale)}
     if not set(ours) & set(theirs):  # by key alone, at most the input's QuantizeLinear pairs
         return ForcedReport((), 0, reference=reference, forcing=f"{subject} shares with "
                             f"{reference}", unmatched_hint="no QuantizeLinear output is named alike "
