@@ -228,12 +228,13 @@ class _Forcing:
         self.averaged = averaged or {}
         self.found: dict[str, ForcedTensor] = {}   # by ONNX name
         self.megengine_name: dict[str, str] = {}   # ONNX name -> interpreter name
+        self.unrounded: dict[int, np.ndarray] = {}  # id of a MegEngine qint8 value -> ORT's
 
-    def __call__(self, megengine_name: str, value: Any) -> Any:
+    def __call__(self, megengine_name: str, value: Any, inputs: Sequence[Any] = ()) -> Any:
         name = self.names.get(megengine_name)
         got = self.onnx_values.get(name) if name is not None else None
         if got is None or name in self.found:
-            return None
+            return self._copy_of_unrounded(value, inputs)
         self.megengine_name[name] = megengine_name
         from .runtime.megengine_ref import to_numpy
 
@@ -243,7 +244,27 @@ class _Forcing:
         forced, note = _forced_value(value, got)
         self.found[name] = self.compare(name, reference, got, _scale_of(value),
                                         forced is not None, note)
+        if forced is None and _scale_of(value) is not None:
+            self.unrounded[id(value)] = got
         return forced
+
+    def _copy_of_unrounded(self, value: Any, inputs: Sequence[Any]) -> Any:
+        """A float tensor with no ONNX counterpart that copies (dequantizes, DequantStub) a
+        qint8 one onnxruntime keeps unrounded takes onnxruntime's value: its float consumers
+        then see what onnxruntime's see (transforms may drop the Identity that named it)."""
+        import megengine as mge
+
+        from .runtime.megengine_ref import to_numpy
+
+        sources = [v for v in inputs if id(v) in self.unrounded]
+        if len(sources) != 1 or _scale_of(value) is not None or not np.issubdtype(
+                np.dtype(value.dtype), np.floating):
+            return None
+        source, got = sources[0], self.unrounded[id(sources[0])]
+        copied = to_numpy(value)
+        if copied.shape != got.shape or not np.array_equal(copied, to_numpy(source)):
+            return None
+        return mge.Tensor(got.astype(value.dtype))
 
     def compare(self, name: str, reference: np.ndarray, got: np.ndarray,
                 own_scale: float | None = None, forced: bool = True, note: str = ""
