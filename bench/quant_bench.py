@@ -79,6 +79,21 @@ def ort_quantized(fp32, size: int, activations: str = "uint8"):
         return onnx.load(target)
 
 
+def cpu() -> str:
+    """The CPU model and whether it has VNNI: int8 speed (and exactness of onnxruntime's U8S8
+    kernels) depends on it, and machines here differ."""
+    from tm2onnx.runtime.session import cpu_has_vnni
+
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            name = next((line.split(":", 1)[1].strip() for line in info
+                         if line.startswith("model name")), "unknown CPU")
+    except OSError:
+        name = "unknown CPU"
+    vnni = {True: "VNNI", False: "no VNNI", None: "VNNI unknown"}[cpu_has_vnni()]
+    return f"{name} ({vnni})"
+
+
 def session(model, threads: int = 2):
     import onnxruntime as ort
 
@@ -147,8 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fns["megengine-int8"] = lambda: int8(mge.Tensor(x)).numpy()
     times = interleaved(fns, args.runs)
     section = f"resnet18 {args.size}x{args.size}"
-    rows = [Row(section, f"{name} latency", f"{seconds * 1e3:.1f} ms")
-            for name, seconds in times.items()]
+    rows = [Row(section, "cpu", cpu())]
+    rows += [Row(section, f"{name} latency", f"{seconds * 1e3:.1f} ms")
+             for name, seconds in times.items()]
     for name in ("qdq-uint8", "qdq-int8"):
         ratio = times[name] / times["fp32"]
         rows.append(check(section, f"{name} / fp32", f"{ratio:.2f}x", ratio <= TARGET_RATIO,

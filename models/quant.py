@@ -54,8 +54,12 @@ class QuantBasicBlock(M.Module):
 
 
 class QuantResNet18(M.Module):
-    def __init__(self, num_classes: int = 1000, width: int = 64):
+    """`float_head`: DequantStub after the average pool, a float (`disable_quantize`) fc, so the
+    int8 model's qint8 pool output leaves the quantized part unrounded in onnxruntime."""
+
+    def __init__(self, num_classes: int = 1000, width: int = 64, float_head: bool = False):
         super().__init__()
+        self.float_head = float_head
         self.quant, self.dequant = M.QuantStub(), M.DequantStub()
         self.stem = M.ConvBnRelu2d(3, width, 7, 2, 3, bias=False)
         self.maxpool = M.MaxPool2d(3, 2, 1)
@@ -67,11 +71,13 @@ class QuantResNet18(M.Module):
         self.layers = M.Sequential(*blocks)
         self.avgpool = M.AdaptiveAvgPool2d((1, 1))
         self.fc = M.Linear(cin, num_classes)
+        if float_head:
+            self.fc.disable_quantize()
 
     def forward(self, x):
         x = self.maxpool(self.stem(self.quant(x)))
         x = F.flatten(self.avgpool(self.layers(x)), 1)
-        return self.dequant(self.fc(x))
+        return self.fc(self.dequant(x)) if self.float_head else self.dequant(self.fc(x))
 
 
 # ---- MobileNetV2 (ReLU instead of ReLU6, as MegEngine/Models' quantized recipe) ----------------

@@ -85,7 +85,7 @@ class TracedTensor:
 
 # Teacher forcing: called with (ONNX name, MegEngine value) for each recorded tensor; a value
 # it returns replaces MegEngine's for the rest of the run.
-Replace = Callable[[str, Any], Any]
+Replace = Callable[[str, Any, Sequence[Any]], Any]  # (name, value, the expr's input values)
 
 
 class Interpreter:
@@ -150,8 +150,11 @@ class Interpreter:
         module = self.paths.get(expr.inputs[0], "") if expr.inputs else ""
         text = repr(expr).split("\t", 1)[-1]
         self.origins[name] = TracedTensor(name, module, node.qualname, text[:200])
-        if self.replace is not None and (forced := self.replace(name, value)) is not None:
-            self.env[node] = forced
+        if self.replace is not None:
+            inputs = [self.env[n] for n in expr.inputs if n in self.env and hasattr(
+                self.env[n], "numpy")]
+            if (forced := self.replace(name, value, inputs)) is not None:
+                self.env[node] = forced
 
 
 def _child_path(parent: str, expr: Any) -> str:

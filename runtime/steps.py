@@ -17,6 +17,10 @@ KEEP_GRID = frozenset({"Identity", "MaxPool", "Relu", "Reshape", "Flatten", "Tra
 # Two values on one grid differ by an integer number of steps, up to float error (~1e-5 for
 # |q| <= 255); more than this fraction of a step means the two sides quantize on different grids.
 GRID_SLACK = 1e-3
+# Ops whose output is a mean or a selection of its inputs' values, with no weights: one step of
+# a quantized input moves their output by at most one step of it, so a float tensor made by them
+# from quantized tensors (an int8 average pool onnxruntime keeps unrounded) is judged in steps.
+AVERAGING = KEEP_GRID | {"AveragePool", "GlobalAveragePool", "ReduceMean", "Resize", "Concat"}
 MIN_CLASSES = 10  # top-1 is reported for (N, C) outputs with at least this many classes
 
 
@@ -45,6 +49,21 @@ def activation_grids(model: onnx.ModelProto) -> dict[str, float]:
     for name in made:
         grid(name)
     return grids
+
+
+def averaged_grids(model: onnx.ModelProto, grids: dict[str, float] | None = None
+                   ) -> dict[str, float]:
+    """Tensor name -> the largest scale of the quantized tensors it averages or selects, for each
+    tensor off every grid made only through AVERAGING ops from tensors on a grid."""
+    grids = activation_grids(model) if grids is None else grids
+    inits = {init.name for init in model.graph.initializer}
+    found: dict[str, float] = {}
+    for node in model.graph.node:  # topological: every input is decided before its consumers
+        sources = [name for name in node.input if name and name not in inits]
+        scales = [grids.get(name, found.get(name)) for name in sources]
+        if node.op_type in AVERAGING and sources and None not in scales:
+            found.update({out: max(scales) for out in node.output[:1] if out not in grids})
+    return found
 
 
 def has_activation_qdq(model: onnx.ModelProto) -> bool:

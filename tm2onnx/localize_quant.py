@@ -13,7 +13,7 @@ import onnx
 
 from .runtime.compare import OutputDiff, Tolerance, diff_arrays
 from .runtime.session import cpu_has_vnni, exposing_session, run_model
-from .runtime.steps import StepCount, activation_grids, count_steps
+from .runtime.steps import StepCount, activation_grids, averaged_grids, count_steps
 
 MAX_STEPS = 1          # a layer may differ by one step (ties and near-ties), never more
 FORCED_SAMPLES = 8     # samples teacher-forced; end-to-end statistics use every run
@@ -27,8 +27,10 @@ LISTED = 12            # tensors named in the one-step line (all of them in to_d
 
 @dataclass(frozen=True)
 class ForcedTensor:
-    """One tensor both sides have: MegEngine's value (from onnxruntime's inputs) against
-    onnxruntime's, in steps of its scale (quantized) or at the float tolerance."""
+    """One tensor both sides have, one side computing it from the other's values of its inputs
+    (MegEngine from onnxruntime's; an ONNX subject from its ONNX reference's): in steps of its scale (quantized), in steps of the
+    quantized tensors it averages (`gridded` False: need not lie on a grid), or at the float
+    tolerance."""
 
     name: str
     shape: tuple[int, ...]
@@ -38,11 +40,12 @@ class ForcedTensor:
     forced: bool = True                   # onnxruntime's value replaced MegEngine's
     note: str = ""
     origin: dict[str, str] = field(default_factory=dict)
+    gridded: bool = True                  # quantized: must lie on the grid of `scale`
 
     @property
     def passed(self) -> bool:
         if self.steps is not None:
-            return self.steps.on_grid and self.steps.max_steps <= MAX_STEPS
+            return (self.steps.on_grid or not self.gridded) and self.steps.max_steps <= MAX_STEPS
         return self.diff is not None and self.diff.passed
 
     def merged(self, other: ForcedTensor) -> ForcedTensor:
@@ -56,7 +59,10 @@ class ForcedTensor:
     def describe(self) -> str:
         where = "  ".join(f"{key}={self.origin[key]}" for key in ("module", "expr")
                           if self.origin.get(key))
-        if self.steps is not None:
+        if self.steps is not None and not self.gridded:
+            error = f"float, in steps {self.scale:.4g} of its quantized input: " + str(
+                replace(self.steps, off_grid=0.0))
+        elif self.steps is not None:
             error = f"step {self.scale:.4g}: {self.steps}"
         elif self.diff is not None:
             error = (f"float: max_abs {self.diff.max_abs:.3g} = {self.diff.rel_error:.3g} x "
@@ -69,7 +75,8 @@ class ForcedTensor:
 
     def to_dict(self) -> dict:
         return {"tensor": self.name, "shape": list(self.shape), "scale": self.scale,
-                "passed": self.passed, "forced": self.forced, "note": self.note,
+                "passed": self.passed, "on_grid_required": self.gridded, "forced": self.forced,
+                "note": self.note,
                 "steps": self.steps.to_dict() if self.steps is not None else None,
                 "float": self.diff.to_dict() if self.diff is not None else None,
                 "megengine": self.origin}
@@ -77,11 +84,14 @@ class ForcedTensor:
 
 @dataclass(frozen=True)
 class ForcedReport:
-    """Every shared tensor, in MegEngine's execution order, over the forced samples."""
+    """Every shared tensor, in the reference's execution order, over the forced samples."""
 
     tensors: tuple[ForcedTensor, ...]
     samples: int
     unmapped_outputs: tuple[str, ...] = ()
+    reference: str = "MegEngine"          # what each tensor is judged against
+    forcing: str = "MegEngine computed from onnxruntime's inputs"
+    unmatched_hint: str = "export with tm2onnx"  # what to do when no tensor is shared
 
     def __bool__(self) -> bool:
         return bool(self.tensors) and all(t.passed for t in self.tensors) \
@@ -101,7 +111,7 @@ class ForcedReport:
         total = sum(t.steps.size for t in quantized)
         one = sum(t.steps.one for t in quantized)
         head = (f"per layer (teacher-forced, {self.samples} sample{'s' * (self.samples != 1)}): "
-                f"{len(self.tensors)} tensors MegEngine computed from onnxruntime's inputs, "
+                f"{len(self.tensors)} tensors {self.forcing}, "
                 f"{len(quantized)} quantized: max {worst:.3g} step(s), "
                 f"{one / total if total else 0.0:.3%} of elements one step")
         lines = [head]
@@ -114,10 +124,11 @@ class ForcedReport:
                          f"{shown}{more}")
         lines += [f"  not forced: {t.name} ({t.note})" for t in self.tensors
                   if not t.forced and t.note]
-        lines += [f"  graph output {name} has no MegEngine counterpart"
+        lines += [f"  graph output {name} has no {self.reference} counterpart"
                   for name in self.unmapped_outputs]
         if not self.tensors:
-            lines.append("  FAIL: no tensor matched MegEngine's by name (export with tm2onnx)")
+            lines.append(f"  FAIL: no tensor matched {self.reference}'s by name "
+                         f"({self.unmatched_hint})")
         elif (bad := self.first_failure) is not None:
             failed = sum(not t.passed for t in self.tensors)
             lines.append(f"  FAIL: {failed} tensor(s) beyond {MAX_STEPS} step; first: "
@@ -125,12 +136,13 @@ class ForcedReport:
             if bad.steps is not None and bad.steps.on_grid and cpu_has_vnni() is False:
                 lines.append(f"  hint: {SATURATION_HINT}")
         else:
-            lines.append(f"  PASS: every layer within {MAX_STEPS} step of MegEngine")
+            lines.append(f"  PASS: every layer within {MAX_STEPS} step of {self.reference}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         first = self.first_failure
         return {"passed": bool(self), "samples": self.samples, "max_steps": MAX_STEPS,
+                "reference": self.reference,
                 "first_failure": first.to_dict() if first is not None else None,
                 "unmapped_outputs": list(self.unmapped_outputs),
                 "tensors": [t.to_dict() for t in self.tensors]}
@@ -148,10 +160,11 @@ def teacher_forced(model: onnx.ModelProto, traced: Any, samples: Sequence[dict[s
     names = shared_names(model, interpret(traced, list(samples[0].values())))
     session = exposing_session(model, list(names.values()), device=device)
     grids = activation_grids(model)
+    averaged = averaged_grids(model, grids)
     merged: dict[str, ForcedTensor] = {}
     unmapped: set[str] = set()
     for feeds in samples:
-        forcing = _Forcing(run_model(session, feeds), names, grids, tolerance)
+        forcing = _Forcing(run_model(session, feeds), names, grids, tolerance, averaged)
         run = interpret(traced, list(feeds.values()), replace=forcing)
         unmapped |= set(forcing.outputs(model, run.outputs))
         for name, found in forcing.found.items():
@@ -159,6 +172,25 @@ def teacher_forced(model: onnx.ModelProto, traced: Any, samples: Sequence[dict[s
             found = replace(found, origin=vars(origin)) if origin is not None else found
             merged[name] = merged[name].merged(found) if name in merged else found
     return ForcedReport(tuple(merged.values()), len(samples), tuple(sorted(unmapped)))
+
+
+def deployed(traced: Any) -> tuple[Any, str]:
+    """The reference a QDQ export of `traced` is judged against: `traced` itself, or, when its
+    QAT modules only observe (calibration_qconfig: no fake quantization, so its forward is
+    float), MegEngine's `quantize` of it, which is what the export deploys; and why."""
+    import megengine.module.qat as QAT
+    from megengine.quantization import quantize
+
+    modules = [m for _, m in traced.named_modules() if isinstance(m, QAT.QATModule)]
+    observing = [m for m in modules if getattr(m, "act_observer", None) is not None]
+    if not observing or any(getattr(m, "act_fake_quant", None) is not None
+                            or getattr(m, "weight_fake_quant", None) is not None
+                            for m in modules):
+        return traced, ""
+    int8 = quantize(traced, inplace=False)
+    int8.eval()
+    return int8, ("its quantize() (calibration only: the QAT forward does not quantize, the "
+                  "export deploys what quantize does)")
 
 
 def shared_names(model: onnx.ModelProto, run: Any) -> dict[str, str]:
@@ -189,17 +221,20 @@ class _Forcing:
     """The replace hook of megengine_ref's interpreter for one sample."""
 
     def __init__(self, onnx_values: dict[str, np.ndarray], names: dict[str, str],
-                 grids: dict[str, float], tolerance: Tolerance):
+                 grids: dict[str, float], tolerance: Tolerance,
+                 averaged: dict[str, float] | None = None):
         self.onnx_values, self.names = onnx_values, names
         self.grids, self.tolerance = grids, tolerance
+        self.averaged = averaged or {}
         self.found: dict[str, ForcedTensor] = {}   # by ONNX name
         self.megengine_name: dict[str, str] = {}   # ONNX name -> interpreter name
+        self.unrounded: dict[int, np.ndarray] = {}  # id of a MegEngine qint8 value -> ORT's
 
-    def __call__(self, megengine_name: str, value: Any) -> Any:
+    def __call__(self, megengine_name: str, value: Any, inputs: Sequence[Any] = ()) -> Any:
         name = self.names.get(megengine_name)
         got = self.onnx_values.get(name) if name is not None else None
         if got is None or name in self.found:
-            return None
+            return self._copy_of_unrounded(value, inputs)
         self.megengine_name[name] = megengine_name
         from .runtime.megengine_ref import to_numpy
 
@@ -209,22 +244,44 @@ class _Forcing:
         forced, note = _forced_value(value, got)
         self.found[name] = self.compare(name, reference, got, _scale_of(value),
                                         forced is not None, note)
+        if forced is None and _scale_of(value) is not None:
+            self.unrounded[id(value)] = got
         return forced
+
+    def _copy_of_unrounded(self, value: Any, inputs: Sequence[Any]) -> Any:
+        """A float tensor with no ONNX counterpart that copies (dequantizes, DequantStub) a
+        qint8 one onnxruntime keeps unrounded takes onnxruntime's value: its float consumers
+        then see what onnxruntime's see (transforms may drop the Identity that named it)."""
+        import megengine as mge
+
+        from .runtime.megengine_ref import to_numpy
+
+        sources = [v for v in inputs if id(v) in self.unrounded]
+        if len(sources) != 1 or _scale_of(value) is not None or not np.issubdtype(
+                np.dtype(value.dtype), np.floating):
+            return None
+        source, got = sources[0], self.unrounded[id(sources[0])]
+        copied = to_numpy(value)
+        if copied.shape != got.shape or not np.array_equal(copied, to_numpy(source)):
+            return None
+        return mge.Tensor(got.astype(value.dtype))
 
     def compare(self, name: str, reference: np.ndarray, got: np.ndarray,
                 own_scale: float | None = None, forced: bool = True, note: str = ""
                 ) -> ForcedTensor:
         """In steps on the ONNX tensor's grid; else, for a value MegEngine keeps quantized
         (int8 pooling) but onnxruntime has not rounded yet (its consumer does), in steps of
-        MegEngine's scale after rounding it that way; else at the float tolerance."""
+        MegEngine's scale after rounding it that way; else, for a float tensor averaged from
+        quantized ones (a DequantStub after an unrounded pool), in their steps, off the grid;
+        else at the float tolerance."""
         scale = self.grids.get(name, own_scale)
         if scale is not None:
             if name not in self.grids:
                 got = _rounded(got, scale)
             return ForcedTensor(name, tuple(got.shape), scale, count_steps(reference, got, scale),
                                 forced=forced, note=note)
-        return ForcedTensor(name, tuple(got.shape), diff=diff_arrays(
-            name, reference, got, self.tolerance, detail=False), forced=forced, note=note)
+        return judged(name, reference, got, self.grids, self.averaged, self.tolerance,
+                      forced=forced, note=note)
 
     def outputs(self, model: onnx.ModelProto, outputs: list[np.ndarray]) -> list[str]:
         """Graph outputs not compared by name are compared by position (renamed outputs);
@@ -239,6 +296,21 @@ class _Forcing:
                 continue
             self.found[output.name] = self.compare(output.name, value, got, note="by position")
         return missing + [o.name for o in model.graph.output[len(outputs):]]
+
+
+def judged(name: str, reference: np.ndarray, got: np.ndarray, grids: dict[str, float],
+           averaged: dict[str, float], tolerance: Tolerance, **extra: Any) -> ForcedTensor:
+    """One tensor by the rule its place in the ONNX graph gives: on a grid (`grids`, see
+    runtime.steps.activation_grids), averaged from grids (`averaged`), or float."""
+    shape = tuple(np.shape(got))
+    if name in grids:
+        return ForcedTensor(name, shape, grids[name], count_steps(reference, got, grids[name]),
+                            **extra)
+    if name in averaged:
+        return ForcedTensor(name, shape, averaged[name],
+                            count_steps(reference, got, averaged[name]), gridded=False, **extra)
+    return ForcedTensor(name, shape, diff=diff_arrays(name, reference, got, tolerance,
+                                                      detail=False), **extra)
 
 
 def _rounded(values: np.ndarray, scale: float) -> np.ndarray:

@@ -120,13 +120,19 @@ def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "mo
     from .runtime.megengine_ref import run_traced
 
     names = [output.name for output in model.graph.output]
+    quantized = teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is
+                                           None and has_activation_qdq(model))
+    if quantized:
+        from .localize_quant import deployed
+
+        traced, why = deployed(traced)
+        reference += f", {why}" if why else ""
 
     def run_reference(feeds: Feeds) -> Feeds:
         return dict(zip(names, run_traced(traced, list(feeds.values()))))
 
     forced = None
-    if teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is None
-                                  and has_activation_qdq(model)):
+    if quantized:
         from .localize_quant import teacher_forced as check
 
         def forced(samples: list[Feeds], device: str, tolerance: Tolerance) -> ForcedReport:
@@ -138,10 +144,14 @@ def against_megengine(model: onnx.ModelProto, traced: Any, *, subject: str = "mo
 
 def against_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto, *,
                  subject: str = "model.onnx", reference: str = "reference.onnx",
-                 reference_device: str | None = None, **options: Any) -> ValidationReport:
+                 reference_device: str | None = None, teacher_forced: bool | str = "auto",
+                 **options: Any) -> ValidationReport:
     """Compare two ONNX models (e.g. before and after transforms); inputs and outputs match by
     position, the reference runs with onnxruntime's graph optimizations off (on
-    `reference_device`, default the subject's device)."""
+    `reference_device`, default the subject's device). `teacher_forced` ("auto": both models
+    quantize activations, no explicit atol): the verdict is localize_quant_onnx's per-tensor
+    check in steps, end-to-end steps reported (the two runs round differently: the reference's
+    float arithmetic, the subject's int8 kernels)."""
     ref_device = reference_device or options.get("device", "cpu")
     session = make_session(reference_model, device=ref_device, opt_level="disable")
     ref_inputs = [i.name for i in session.get_inputs()]
@@ -151,8 +161,20 @@ def against_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto, *,
         out = run_model(session, dict(zip(ref_inputs, feeds.values())))
         return {renamed.get(name, name): value for name, value in out.items()}
 
+    forced = None
+    if teacher_forced is True or (teacher_forced == "auto" and options.get("atol") is None
+                                  and has_activation_qdq(model)
+                                  and has_activation_qdq(reference_model)):
+        from .localize_quant_onnx import teacher_forced_onnx
+
+        def forced(samples: list[Feeds], device: str, tolerance: Tolerance) -> ForcedReport:
+            return teacher_forced_onnx(model, reference_model, samples, device=device,
+                                       reference_device=_device_of(provider(session)),
+                                       tolerance=tolerance, subject=subject,
+                                       reference=reference)
+
     return _validate(model, reference_model, run_reference, subject=subject, reference=reference,
-                     reference_device=provider(session), **options)
+                     reference_device=provider(session), forced=forced, **options)
 
 
 def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callable[[Feeds], Feeds],

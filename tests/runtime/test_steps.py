@@ -12,6 +12,7 @@ from tm2onnx.runtime.session import exposing_session, run_model
 from tm2onnx.runtime.steps import (
     OutputSteps,
     activation_grids,
+    averaged_grids,
     count_steps,
     has_activation_qdq,
     output_steps,
@@ -55,6 +56,28 @@ def test_activation_grids_follow_dequantize_and_grid_keeping_ops():
     assert has_activation_qdq(QDQ)
     assert not has_activation_qdq(parse_model('''<ir_version: 10, opset_import: ["" : 17]>
         g (float[2] x) => (float[2] y) { y = Relu (x) }'''))
+
+
+def test_averaged_float_tensors_take_their_inputs_steps():
+    """A DequantizeLinear output averaged (GlobalAveragePool) and flattened stays float in
+    onnxruntime: judged in the DequantizeLinear's steps; a Gemm of it (weights) is not."""
+    model = parse_model("""
+        <ir_version: 9, opset_import: ["" : 17]>
+        pooled (float[1, 4, 2, 2] x) => (float[1, 3] y, float[1, 4] flat)
+        <float s = {0.05}, uint8 z = {128}, float[4, 3] w = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
+         12}>
+        {
+            q = QuantizeLinear(x, s, z)
+            dq = DequantizeLinear(q, s, z)
+            pool = GlobalAveragePool(dq)
+            flat = Flatten(pool)
+            y = MatMul(flat, w)
+        }
+    """)
+    grids = activation_grids(model)
+    assert grids == {"dq": pytest.approx(0.05)}
+    assert averaged_grids(model, grids) == {"pool": pytest.approx(0.05),
+                                            "flat": pytest.approx(0.05)}
 
 
 def test_top1_counts_ties_as_agreement_and_needs_ten_classes():
