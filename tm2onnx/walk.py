@@ -158,8 +158,12 @@ class _Walk:
 
 def convert_all(ctx: ExportContext, traced: Any) -> list[str]:
     """Convert every expr; return descriptions of those with no converter (empty when all ok)."""
+    walk = _Walk(ctx, traced)
     with synchronous_megengine():
-        return _Walk(ctx, traced).run(traced.graph)
+        try:
+            return walk.run(traced.graph)
+        finally:
+            walk.shapes.restore()  # the user's graph keeps its traced shapes
 
 
 def _numpy(value: Any, like: Any = None) -> np.ndarray:
