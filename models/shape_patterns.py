@@ -69,27 +69,28 @@ class SplitAttention(M.Module):
         return self.proj(F.matmul(attn, v).transpose(0, 2, 1, 3).reshape(b, n, c))
 
 
-class ConvOut(M.Module):
+class Stem(M.Module):
+    """A block whose last layer is called `out`: flattened, its output is `conv_out_out`."""
+
     def __init__(self):
         super().__init__()
-        self.conv = M.Conv2d(3, 4, 3, 1, 1)
+        self.out = M.Conv2d(3, 4, 3, 1, 1)
 
     def forward(self, x):
-        out = self.conv(x)
-        conv_out_out = F.relu(out)  # named as MegEngine would name the caller's `conv_out` out
-        return conv_out_out * 2.0
+        return F.relu(self.out(x))
 
 
 class NameClash(M.Module):
-    """A submodule named `conv_out`, whose inner tensor `conv_out_out` exists before the
-    returned `conv_out` output gets its generated name."""
+    """A submodule `conv` with a child `out`, then a submodule `conv_out` whose output the net
+    returns: both are `conv_out_out` (`<module>_out` inside `conv_`)."""
 
     def __init__(self):
         super().__init__()
-        self.conv_out = ConvOut()
+        self.conv = Stem()
+        self.conv_out = M.Conv2d(4, 4, 1)
 
     def forward(self, x):
-        return self.conv_out(x), x.mean(axis=1)
+        return self.conv_out(self.conv(x)), x.mean(axis=1)
 
 
 # name -> (factory, input shapes)

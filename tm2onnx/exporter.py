@@ -144,16 +144,32 @@ def _bind_outputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None,
                                            inputs=[tensor], outputs=[identity]))
             tensor = identity
         elif tensor.name != wanted:
-            if wanted in ctx._used_names:
-                raise Tm2OnnxError(f"output name {wanted!r} is already used in the graph",
-                                   where=ctx.source, hint="pick another --output-names entry")
-            ctx.reserve(wanted)
-            tensor.name = wanted
+            _name_output(ctx, tensor, wanted, user_named=names is not None,
+                         keep={*inputs, *seen})
         if ctx.dynamic_batch and not _has_symbolic_dim(tensor):
             tensor.shape = None  # declared from ONNX shape inference in _finish
         seen.add(id(tensor))
         outputs.append(tensor)
     return outputs
+
+
+def _name_output(ctx: ExportContext, tensor: gs.Tensor, wanted: str, *, user_named: bool,
+                 keep: set[int]) -> None:
+    """Give an output its traced node's name. A generated name taken by an inner tensor (a
+    submodule `conv` with a child `out` makes `conv_out_out`, as does a returned `conv_out`)
+    moves that tensor to a fresh name: output names are what users look up. Only a name the
+    user chose (--output-names) that is taken is refused."""
+    if wanted in ctx._used_names:
+        if user_named:
+            raise Tm2OnnxError(f"output name {wanted!r} is already used in the graph",
+                               where=ctx.source, hint="pick another --output-names entry")
+        holder = ctx.graph.tensors().get(wanted)
+        if holder is None or id(holder) in keep:  # a graph input or earlier output has it
+            wanted = ctx.unique(wanted)
+        else:
+            holder.name = ctx.unique(wanted)
+    ctx.reserve(wanted)
+    tensor.name = wanted
 
 
 def _check_names(names: Sequence[str] | None, count: int, kind: str, source: str):
