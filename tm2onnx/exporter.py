@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
-from .guards import check_traced_shapes, inferred_types
+from .guards import check_batch_axes, check_traced_shapes, inferred_types
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13
@@ -218,6 +218,7 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
     check_traced_shapes(model, types, ctx.expected, ctx.source)
+    check_batch_axes(model, types, ctx.batch_dependent, ctx.source)
     return model
 
 
