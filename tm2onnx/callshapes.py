@@ -115,7 +115,6 @@ class CallShapes:
             return mge.Tensor(self.ctx.known(node), dtype=node.dtype)
         return mge.Tensor(np.zeros(node.shape, dtype=np.dtype(node.dtype)))
 
-
     def _warn_replay(self, call: Any, outer: Any, inner: Any) -> None:
         """Outside a frame the caller's node was traced eagerly: a different replayed shape
         means the TracedModule (and so the export) computes another value than the traced
