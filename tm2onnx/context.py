@@ -29,6 +29,9 @@ class ExportContext:
         # (tensor, traced shape, traced dtype) for each tensor a TensorNode was bound to:
         # what guards.check_traced_shapes holds the ONNX shape inference to
         self.expected: list[tuple[gs.Tensor, Any, Any]] = []
+        # (tensor, axes that change with the batch) for guards.check_batch_axes
+        self.batch_dependent: list[tuple[gs.Tensor, frozenset[int]]] = []
+        self.batch_probe: Any = None  # batchprobe.BatchProbe while walking with dynamic_batch
         self._values: dict[Any, gs.Tensor] = {}
         self._known: dict[Any, np.ndarray] = {}
         self._used_names: set[str] = set()
@@ -157,6 +160,25 @@ class ExportContext:
         shape = getattr(node, "shape", None)
         if isinstance(tensor, gs.Variable) and shape is not None:
             self.expected.append((tensor, tuple(shape), getattr(node, "dtype", None)))
+            if axes := self.batch_axes(node):
+                self.batch_dependent.append((tensor, axes))
+
+    def batch_axes(self, node: Any) -> frozenset[int] | None:
+        """The axes of `node` whose size changes with the batch (found by running MegEngine at
+        another batch size, see batchprobe): empty without a dynamic batch, None where that
+        run could not reach the node."""
+        if not self.dynamic_batch:
+            return frozenset()
+        shape = getattr(node, "shape", None)
+        other = self.batch_probe.shape(node) if self.batch_probe is not None else None
+        if shape is None or other is None or len(other) != len(shape):
+            return None
+        return frozenset(axis for axis, (a, b) in enumerate(zip(shape, other)) if a != b)
+
+    def is_batch_axis(self, node: Any, axis: int) -> bool:
+        """Whether `axis` of `node` changes with a dynamic batch; where unknown, axis 0 is."""
+        axes = self.batch_axes(node)
+        return axis == 0 if axes is None else axis in axes
 
     def op(self, op: str, inputs: Sequence[Any], *, outputs: int = 1, **attrs: Any
            ) -> gs.Variable | list[gs.Variable]:

@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from . import __version__
 from .context import ExportContext, exported_dtype
 from .errors import ConversionError, LoadError, Tm2OnnxError, UnsupportedOpError
-from .guards import check_no_float64, check_traced_shapes, inferred_types
+from .guards import check_batch_axes, check_no_float64, check_traced_shapes, inferred_types
 from .targets import DEFAULT_TARGET, check_target, get_target
 
 DEFAULT_OPSET = 17
@@ -149,16 +149,32 @@ def _bind_outputs(ctx: ExportContext, traced: Any, names: Sequence[str] | None,
                                            inputs=[tensor], outputs=[identity]))
             tensor = identity
         elif tensor.name != wanted:
-            if wanted in ctx._used_names:
-                raise Tm2OnnxError(f"output name {wanted!r} is already used in the graph",
-                                   where=ctx.source, hint="pick another --output-names entry")
-            ctx.reserve(wanted)
-            tensor.name = wanted
+            _name_output(ctx, tensor, wanted, user_named=names is not None,
+                         keep={*inputs, *seen})
         if ctx.dynamic_batch and not _has_symbolic_dim(tensor):
             tensor.shape = None  # declared from ONNX shape inference in _finish
         seen.add(id(tensor))
         outputs.append(tensor)
     return outputs
+
+
+def _name_output(ctx: ExportContext, tensor: gs.Tensor, wanted: str, *, user_named: bool,
+                 keep: set[int]) -> None:
+    """Give an output its traced node's name. A generated name taken by an inner tensor (a
+    submodule `conv` with a child `out` makes `conv_out_out`, as does a returned `conv_out`)
+    moves that tensor to a fresh name: output names are what users look up. Only a name the
+    user chose (--output-names) that is taken is refused."""
+    if wanted in ctx._used_names:
+        if user_named:
+            raise Tm2OnnxError(f"output name {wanted!r} is already used in the graph",
+                               where=ctx.source, hint="pick another --output-names entry")
+        holder = ctx.graph.tensors().get(wanted)
+        if holder is None or id(holder) in keep:  # a graph input or earlier output has it
+            wanted = ctx.unique(wanted)
+        else:
+            holder.name = ctx.unique(wanted)
+    ctx.reserve(wanted)
+    tensor.name = wanted
 
 
 def _check_names(names: Sequence[str] | None, count: int, kind: str, source: str):
@@ -208,6 +224,7 @@ def _finish(ctx: ExportContext) -> onnx.ModelProto:
         raise ConversionError(f"exported model fails onnx.checker: {err}", where=ctx.source,
                               hint="this is a tm2onnx bug; please report it") from err
     check_traced_shapes(model, types, ctx.expected, ctx.source)
+    check_batch_axes(model, types, ctx.batch_dependent, ctx.source)
     check_no_float64(model, types, _traced_float64(ctx), ctx.source)
     check_target(model, types, ctx.target, ctx.source)
     return model

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import signal
@@ -18,7 +19,11 @@ import onnx
 
 from .errors import Tm2OnnxError
 
-TEMP_MARK = ".tm2onnx-tmp-"  # `.<name>.tm2onnx-tmp-<pid>-<hex>`: ours, so stale ones may go
+TEMP_MARK = ".tm2onnx-tmp-"  # `.<stem>.tm2onnx-tmp-<pid>-<hex>`: ours, so stale ones may go
+# bytes of a temp name besides its stem: ".", TEMP_MARK, a pid (pid_max <= 2**22: 7 digits,
+# 10 allowed), "-" and 8 hex digits
+_TEMP_EXTRA = 1 + len(TEMP_MARK) + 10 + 1 + 8
+_DIGEST = 8  # hex digits of the full name's hash that end a shortened stem
 _LIVE_TEMPS: set[str] = set()
 
 
@@ -91,9 +96,36 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         raise os_error(err, path, "write the output") from err
 
 
+def temp_stem(path: Path) -> str:
+    """The file name, or where the temp name would pass the directory's NAME_MAX (a legal
+    250-byte name), its first characters (whole UTF-8 ones) and `~` plus a hash of the whole
+    name: the same for every run, so stale temps are still found, and distinct per name."""
+    name = path.name
+    budget = _name_max(path.parent) - _TEMP_EXTRA
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= budget:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:_DIGEST]
+    room, kept = budget - 1 - _DIGEST, []
+    for char in name:  # characters, so a multibyte one is never cut
+        room -= len(char.encode("utf-8", "surrogateescape"))
+        if room < 0:
+            break
+        kept.append(char)
+    return f"{''.join(kept)}~{digest}"
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such limit
+        return 255
+
+
 @contextlib.contextmanager
 def _temp_beside(path: Path) -> Iterator[tuple[BinaryIO, str]]:
-    temp = str(path.parent / f".{path.name}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    name = f".{temp_stem(path)}{TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
+    temp = str(path.parent / name)
     with _cleanup_on_signals():
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         _LIVE_TEMPS.add(temp)
@@ -127,10 +159,10 @@ def _fsync_dir(directory: Path) -> None:
 
 def remove_stale_temps(path: Path) -> list[Path]:
     """Delete our temp files for `path` left by killed runs (their pid no longer exists)."""
-    removed = []
+    removed, prefix = [], f".{temp_stem(path)}{TEMP_MARK}"
     with contextlib.suppress(OSError):
-        for entry in path.parent.glob(f".{_glob_escape(path.name)}{TEMP_MARK}*"):
-            pid = entry.name[len(f".{path.name}{TEMP_MARK}"):].split("-")[0]
+        for entry in path.parent.glob(f"{_glob_escape(prefix)}*"):
+            pid = entry.name[len(prefix):].split("-")[0]
             if pid.isdigit() and not _alive(int(pid)) and str(entry) not in _LIVE_TEMPS:
                 with contextlib.suppress(OSError):
                     entry.unlink()

@@ -49,6 +49,26 @@ def check_traced_shapes(model: onnx.ModelProto, types: dict[str, onnx.TypeProto]
                                   "than MegEngine; this is a tm2onnx bug, please report it")
 
 
+def check_batch_axes(model: onnx.ModelProto, types: dict[str, onnx.TypeProto],
+                     batch_dependent: Iterable[tuple[Any, frozenset[int]]], source: str) -> None:
+    """With a dynamic batch: an axis MegEngine sizes by the batch (batchprobe) must not have a
+    fixed size in ONNX, which a converter that took the batch for axis 0 would give it."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+    for tensor, axes in batch_dependent:
+        onnx_type = types.get(tensor.name)
+        if onnx_type is None or not onnx_type.tensor_type.HasField("shape"):
+            continue
+        dims = onnx_type.tensor_type.shape.dim
+        fixed = [axis for axis in sorted(axes)
+                 if axis < len(dims) and dims[axis].HasField("dim_value")]
+        if fixed:
+            raise ConversionError(
+                f"{_where(producers.get(tensor.name))}{tensor.name}: ONNX fixes axis {fixed[0]} "
+                f"at {dims[fixed[0]].dim_value}, but MegEngine changes it with the batch",
+                where=source, hint="the export would not work at another batch size; this is "
+                "a tm2onnx bug, please report it (or export without --dynamic-batch)")
+
+
 def _has_dim_param(value: onnx.ValueInfoProto) -> bool:
     return any(dim.HasField("dim_param") for dim in value.type.tensor_type.shape.dim)
 

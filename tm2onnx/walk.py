@@ -12,6 +12,7 @@ from megengine.traced_module import TracedModule
 from megengine.traced_module.expr import CallMethod, Constant, GetAttr, Input
 from megengine.traced_module.node import ModuleNode, TensorNode
 
+from .batchprobe import BatchProbe
 from .callshapes import CallShapes
 from .context import ExportContext
 from .converters import describe_target, find_converter
@@ -26,6 +27,8 @@ class _Walk:
         self.poisoned: set[Any] = set()
         self.unsupported: list[str] = []
         self.shapes = CallShapes(ctx, self.modules)
+        self.probe = BatchProbe(ctx, self.modules) if ctx.dynamic_batch else None
+        ctx.batch_probe = self.probe
 
     def run(self, graph: Any) -> list[str]:
         for expr in graph.exprs(recursive=False):
@@ -36,6 +39,8 @@ class _Walk:
                 continue
             self.ctx.expr, self.ctx.module_path = expr, self._module_path(expr)
             self.shapes.rerun(expr)
+            if self.probe is not None:
+                self.probe.run(expr)
             self._convert(expr)
         return self.unsupported
 
@@ -66,6 +71,8 @@ class _Walk:
             self.ctx.expect(outer)  # the caller's node has this call's shape
 
     def _alias(self, target: Any, source: Any) -> None:
+        if self.probe is not None:
+            self.probe.alias(target, source)
         if source in self.poisoned:
             self.poisoned.add(target)
         if self.ctx.is_known(source):
@@ -158,8 +165,14 @@ class _Walk:
 
 def convert_all(ctx: ExportContext, traced: Any) -> list[str]:
     """Convert every expr; return descriptions of those with no converter (empty when all ok)."""
+    walk = _Walk(ctx, traced)
     with synchronous_megengine():
-        return _Walk(ctx, traced).run(traced.graph)
+        if walk.probe is not None:
+            walk.probe.start(traced.graph)
+        try:
+            return walk.run(traced.graph)
+        finally:
+            walk.shapes.restore()  # the user's graph keeps its traced shapes
 
 
 def _numpy(value: Any, like: Any = None) -> np.ndarray:

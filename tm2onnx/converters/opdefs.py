@@ -52,7 +52,7 @@ def split(ctx: ExportContext, expr: Any) -> None:
     """The size inputs are this call's; the output nodes carry them as shapes."""
     x = expr.inputs[0]
     axis = normalize_axis(int(expr.opdef.axis), len(x.shape))
-    if ctx.dynamic_batch and axis == 0:
+    if ctx.is_batch_axis(x, axis):
         raise ConversionError(f"{ctx.base_name}: apply(Split) of the dynamic batch axis",
                               where=ctx.source, hint="export without dynamic_batch")
     sizes = [int(out.shape[axis]) for out in expr.outputs]

@@ -187,7 +187,7 @@ def split(ctx: ExportContext, expr: Any) -> None:
     x = args["inp"]
     axis = normalize_axis(int(args["axis"]), len(x.shape))
     sections = args["nsplits_or_sections"]
-    if not (ctx.dynamic_batch and axis == 0):
+    if not ctx.is_batch_axis(x, axis):  # q/k/v split after moving the batch to axis 1
         sizes = [int(out.shape[axis]) for out in expr.outputs]
         ctx.emit("Split", [ctx.value_of(x), ctx.shape_const(sizes)], expr.outputs, axis=axis)
         return
@@ -198,7 +198,7 @@ def split(ctx: ExportContext, expr: Any) -> None:
     bounds = [0, *_ints(ctx, sections), 2**63 - 1]
     for out, start, stop in zip(expr.outputs, bounds, bounds[1:]):
         ctx.emit("Slice", [ctx.value_of(x), ctx.shape_const([start]), ctx.shape_const([stop]),
-                           ctx.shape_const([0])], [out])
+                           ctx.shape_const([axis])], [out])
 
 
 def _emit_broadcast(ctx: ExportContext, expr: Any, x: Any, shape: Any) -> None:

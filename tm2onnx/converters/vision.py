@@ -49,11 +49,12 @@ def roll(ctx: ExportContext, expr: Any) -> None:
     node = args["inp"]
     shape = [int(d) for d in node.shape]
     shifts, axes = as_list(args["shift"]), as_list(args["axis"])
-    x = ctx.value_of(node)
-    if not axes:
+    x, flattened = ctx.value_of(node), not axes
+    if flattened:
         x, shape, axes = ctx.op("Reshape", [x, ctx.shape_const([-1])]), [int(np.prod(shape))], [0]
     axes = [normalize_axis(int(a), len(shape)) for a in axes]
-    if ctx.has_runtime_shape(node) or (ctx.dynamic_batch and (0 in axes or not args["axis"])):
+    batch = ctx.dynamic_batch and (flattened or any(ctx.is_batch_axis(node, a) for a in axes))
+    if ctx.has_runtime_shape(node) or batch:
         raise _refuse(ctx, "roll over an axis whose size is known only at run time",
                       "roll static axes, or export without dynamic_batch")
     for shift, axis in zip(shifts, axes):
