@@ -56,15 +56,17 @@ g (float[1,2,3,3] x) => (float[1,2,3,3] y)
 }}""")
 
 
-@pytest.mark.parametrize("op, constant, reason", [
-    ("Div", "1e-39", "no finite reciprocal"),
-    ("Mul", "1e38", "overflow"),
+@pytest.mark.parametrize("op, constant, reasons", [
+    # A subnormal divisor: once MegEngine has run in the process, the CPU treats subnormals
+    # as zero (denormals-are-zero, the "smallest subnormal is zero" warning), so numpy sees 0.
+    ("Div", "1e-39", ("no finite reciprocal", "divisor has zeros")),
+    ("Mul", "1e38", ("overflow",)),
 ])
-def test_absorb_const_refuses_folds_that_are_not_finite(op, constant, reason):
+def test_absorb_const_refuses_folds_that_are_not_finite(op, constant, reasons):
     model = _conv_then(op, constant, weight="10.0, 20.0, 30.0, 40.0")
     before = model.SerializeToString()
     result, (report,) = run_pipeline(model, ["absorb-const"])
-    assert report.rewritten == [] and reason in str(report)
+    assert report.rewritten == [] and any(reason in str(report) for reason in reasons)
     assert result.SerializeToString() == before
 
 
