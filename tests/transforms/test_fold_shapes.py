@@ -191,3 +191,32 @@ def test_unit_that_broadcasts_past_an_unknown_rank_stays():
     assert ops(out) == ["Relu", "Mul"], report.details()  # [1,1] grows rank-1 x to rank 2
     x = np.arange(3, dtype=np.float32)
     np.testing.assert_array_equal(run_ort(model, {"x": x})["y"], run_ort(out, {"x": x})["y"])
+
+
+def test_zero_bias_on_dynamic_dims_goes_when_it_cannot_broadcast():
+    """DistilBERT with dynamic axes: `x + 0` of a [768] zero bias on [batch, sequence, 768],
+    and `x * 1` of a [1, S, C] one on [batch, S, C]; neither can change the shape."""
+    model = model_of("""g (float[B,T,4] x, float[B,3,4] v) => (float[B,T,4] y, float[B,3,4] w)
+                          <float[4] zero = {0, 0, 0, 0}, float[1,3,4] ones = {1,1,1,1,1,1,1,1,1,1,1,1}> {
+        r = Relu (x)
+        y = Add (r, zero)
+        u = Relu (v)
+        w = Mul (ones, u)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Relu", "Relu"], report.details()
+    feeds = {"x": np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32),
+             "v": np.random.default_rng(1).normal(size=(2, 3, 4)).astype(np.float32)}
+    assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
+
+
+def test_zero_that_a_symbolic_dim_could_broadcast_stays():
+    # T may be 1: then x + zeros[3, 4] is [B, 3, 4], not x's shape.
+    model = model_of("""g (float[B,T,4] x) => (float[B,?,4] y) <float[3,4] zero = {0,0,0,0,0,0,0,0,0,0,0,0}> {
+        r = Relu (x)
+        y = Add (r, zero)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Relu", "Add"], report.details()
+    x = np.random.default_rng(0).normal(size=(2, 1, 4)).astype(np.float32)
+    assert run_ort(out, {"x": x})["y"].shape == (2, 3, 4)
