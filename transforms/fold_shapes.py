@@ -34,6 +34,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
+from .slices import merge_slices
 from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
 
@@ -167,6 +168,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
 def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
+    merge_slices(graph, report)
     remove_no_ops(graph, report)
 
 
