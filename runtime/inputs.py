@@ -62,6 +62,21 @@ def random_feeds(model: onnx.ModelProto, *, seed: int = 0, dims: dict[str, int] 
             for name, shape, dtype in input_specs(model)}
 
 
+# What a symbolic input dim is given when the user names no size: Polygraphy's choice too.
+FILLED_DIM = 1
+
+
+def fill_dims(model: onnx.ModelProto, dims: dict[str, int] | None = None
+              ) -> tuple[dict[str, int], dict[str, int]]:
+    """(`dims` plus FILLED_DIM for each symbolic input dim it lacks, the filled ones), so a
+    model with dynamic axes can run; the caller reports the filled ones. An unnamed dynamic
+    dim is keyed "?"."""
+    given = dict(dims or {})
+    filled = {dim: FILLED_DIM for _, shape, _ in input_specs(model) for dim in shape
+              if isinstance(dim, str) and dim not in given}
+    return {**given, **filled}, filled
+
+
 def concrete_shape(name: str, shape: list[int | str], dims: dict[str, int]) -> list[int]:
     concrete = []
     for dim in shape:

@@ -3,6 +3,7 @@ integer feeds, warnings that a comparison proves nothing, user inputs, runs, JSO
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -168,17 +169,38 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, capsys, monkeypatch):
     assert "--plot needs matplotlib — pip install 'tm2onnx[plot]'" in capsys.readouterr().err
 
 
-def test_missing_dim_is_an_error_never_a_transform(tmp_path, capsys):
+def test_symbolic_dims_are_filled_with_one_and_said(tmp_path, capsys):
+    """Polygraphy-style: an unsized symbolic dim runs as 1 and the report says so; --dim
+    overrides; optimize --validate checks (and would refuse) before anything is written."""
     text = f'''{HEADER}
-g (float[batch, 3] x) => (float[batch, 3] y) <float one = {{1.0}}>
+g (float[batch, seq, 3] x) => (float[batch, seq, 3] y) <float one = {{1.0}}>
 {{ t = Mul (x, one)
    y = Relu (t) }}'''
     path = _save(tmp_path, "dyn.onnx", text)
-    assert main(["optimize", path, "-o", str(tmp_path / "o.onnx"), "--passes", "deploy",
-                 "--validate", "-q"]) == 2
-    err = capsys.readouterr().err
-    assert "symbolic dim 'batch'" in err and "transform" not in err
-    assert main(["validate", path, "--against", path, "-q"]) == 2
+    out = tmp_path / "o.onnx"
+    assert main(["optimize", path, "-o", str(out), "--passes", "deploy", "--validate"]) == 0
+    printed = capsys.readouterr().out
+    assert "symbolic dims filled: batch=1, seq=1" in printed
+    assert "inputs:   x [1, 1, 3] float32" in printed and out.is_file()
+    assert main(["validate", path, "--against", str(out), "--dim", "batch=4"]) == 0
+    printed = capsys.readouterr().out
+    assert "x [4, 1, 3]" in printed and "filled: seq=1" in printed and "batch=1" not in printed
+    report = against_onnx(onnx.load(out), onnx.load(path), dims={"batch": 2, "seq": 5})
+    assert report and not report.filled_dims and report.feeds["x"][0] == (2, 5, 3)
+
+
+def test_optimize_validate_writes_nothing_when_the_check_fails(tmp_path, monkeypatch):
+    from tm2onnx import validate
+
+    path = _save(tmp_path, "relu.onnx", RELU)
+    out = tmp_path / "o.onnx"
+    real = against_onnx(onnx.load(path), onnx.load(path))
+    failing = dataclasses.replace(real, strict=True, warnings=("forced failure",))
+    assert real and not failing
+    monkeypatch.setattr(validate, "against_onnx", lambda *a, **k: failing)
+    assert main(["optimize", path, "-o", str(out), "--passes", "cleanup", "--validate",
+                 "-q"]) != 0
+    assert not out.exists()
 
 
 def test_onnx_only_paths_never_import_megengine(tmp_path):

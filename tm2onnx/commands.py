@@ -163,6 +163,7 @@ def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progr
                validate: bool) -> onnx.ModelProto:
     """Run --passes; with `validate`, compare before/after every transform and stop at drift."""
     from .runtime import random_feeds, run_model
+    from .runtime.inputs import fill_dims
     from .transforms import run_pipeline
     from .validate import against_onnx
 
@@ -179,7 +180,7 @@ def run_passes(model: onnx.ModelProto, args: argparse.Namespace, progress: Progr
             except RunError as err:
                 # Blame the transform only when the model ran before it: a model or feeds that
                 # onnxruntime cannot run at all are reported as such (this raises first).
-                feeds = random_feeds(before, seed=args.seed, dims=_dims(args))
+                feeds = random_feeds(before, seed=args.seed, dims=fill_dims(before, _dims(args))[0])
                 run_model(before, feeds, device=args.device, opt_level="disable")
                 raise Tm2OnnxError(f"after transform {name!r}: {err}",
                                    hint="drop it from --passes and report the model") from err
@@ -356,6 +357,13 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
     loaded, external = load_checked_onnx(args.model)
     original = optimize.bind_input_shapes(
         loaded, optimize.parse_input_shapes(args.input_shape), args.model)
+    if args.validate:
+        from .runtime.inputs import fill_dims
+
+        # Said before any transform runs: every check below feeds these sizes.
+        if filled := fill_dims(original, _dims(args))[1]:
+            progress.step("validating with symbolic dims filled: " + ", ".join(
+                f"{name}={size}" for name, size in filled.items()) + " (--dim NAME=SIZE sets them)")
     model = run_passes(original, args, progress, args.validate)
     model = optimize.retarget(model, opset=args.opset, ir_version=args.target_ir,
                               source=args.model)

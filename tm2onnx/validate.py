@@ -4,6 +4,7 @@ warn when the comparison proves nothing, and on failure localize the first diver
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from .localize_quant import ForcedReport
 from .localize_report import Localization
 from .runtime import Comparison, compare
 from .runtime.compare import DEFAULT_ATOL_SCALE, DEFAULT_RTOL, Tolerance, merge
-from .runtime.inputs import int_ranges, load_inputs, random_feeds
+from .runtime.inputs import fill_dims, int_ranges, load_inputs, random_feeds
 from .runtime.session import make_session, provider, run_model
 from .runtime.steps import OutputSteps, activation_grids, has_activation_qdq, output_steps
 from .validate_toolchain import ToolchainCheck, ToolchainRun
@@ -43,6 +44,7 @@ class ValidationReport:
     steps: tuple[OutputSteps, ...] = ()  # quantized outputs end to end, in steps
     forced: ForcedReport | None = None  # the verdict on a QDQ model against MegEngine
     toolchain: ToolchainCheck | None = None  # --runtime: another toolchain on the same feeds
+    filled_dims: dict[str, int] | None = None  # symbolic input dims no --dim sized
 
     def __bool__(self) -> bool:
         verdict = self.comparison if self.forced is None else self.forced
@@ -58,6 +60,10 @@ class ValidationReport:
                  f"inputs:   {inputs}   ({self.source or f'seed {self.seed}'})"]
         lines += [f"ints:     {name} in [{lo}, {hi}) ({why})"
                   for name, (lo, hi, why) in (self.int_ranges or {}).items()]
+        if self.filled_dims:
+            sizes = ", ".join(f"{name}={size}" for name, size in self.filled_dims.items())
+            lines.append(f"WARNING: symbolic dims filled: {sizes} (no --dim given; "
+                         f"--dim NAME=SIZE sets them)")
         lines += self._quantized() if self.forced is not None else [str(self.comparison)]
         lines += [f"WARNING: {text}" + (" (--strict: counted as a failure)" if self.strict else "")
                   for text in self.warnings]
@@ -96,6 +102,7 @@ class ValidationReport:
                 "source": self.source or f"seed {self.seed}", "runs": self.runs,
                 "int_ranges": {name: list(r) for name, r in (self.int_ranges or {}).items()},
                 "warnings": list(self.warnings), "strict": self.strict,
+                "filled_dims": dict(self.filled_dims or {}),
                 "comparison": self.comparison.to_dict(),
                 "localization": (self.localization.to_dict() if self.localization is not None
                                  else None),
@@ -173,8 +180,15 @@ def against_onnx(model: onnx.ModelProto, reference_model: onnx.ModelProto, *,
                                        tolerance=tolerance, subject=subject,
                                        reference=reference)
 
-    return _validate(model, reference_model, run_reference, subject=subject, reference=reference,
-                     reference_device=provider(session), forced=forced, **options)
+    filled: dict[str, int] = {}
+    if options.get("inputs") is None:
+        # Dynamic axes (DistilBERT's batch, sequence) get 1 each unless --dim sizes them, as
+        # Polygraphy does; the report says which were filled.
+        options["dims"], filled = fill_dims(model, options.get("dims"))
+    report = _validate(model, reference_model, run_reference, subject=subject,
+                       reference=reference, reference_device=provider(session), forced=forced,
+                       **options)
+    return dataclasses.replace(report, filled_dims=filled)
 
 
 def _validate(model: onnx.ModelProto, reference_obj: Any, run_reference: Callable[[Feeds], Feeds],

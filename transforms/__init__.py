@@ -27,7 +27,8 @@ StepCallback = Callable[[str, onnx.ModelProto, onnx.ModelProto, TransformReport]
 TRANSFORMS: dict[str, TransformFn] = {}
 # What `deploy` expands to: the rewrites every deployment wants, in a safe order.
 DEPLOY_PIPELINE: tuple[str, ...] = ("fuse-conv-bn", "absorb-const", "fold-shapes", "cleanup")
-_NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine"}
+_NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine", "bn_neighbours",
+                  "slices"}
 
 
 def transform(name: str) -> Callable[[TransformFn], TransformFn]:

@@ -34,6 +34,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
+from .slices import merge_slices
 from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
 
@@ -90,13 +91,19 @@ def _unit_operand(unit: float, sides: tuple[int, ...]) -> Callable[[gs.Node], in
 
 
 def _keeps_shape(kept: gs.Tensor, unit: np.ndarray, out: gs.Tensor) -> bool:
-    """Broadcasting `unit` leaves `kept`'s shape: both static and equal, or `unit` a single
-    value of rank 0 or of a rank `kept` has at least (dynamic dims are fine then)."""
+    """Broadcasting `unit` leaves `kept`'s shape: both static and equal, or `unit` of a rank
+    `kept` has at least with each of its dims 1 or equal to `kept`'s known size there (a
+    symbolic dim could be 1 and grow to the constant's size, so it must meet a 1)."""
     shape = static_shape(kept)
     if shape is not None and shape == static_shape(out):
         return True
-    rank = len(kept.shape) if kept.shape is not None else None
-    return unit.size == 1 and (unit.ndim == 0 or (rank is not None and rank >= unit.ndim))
+    if unit.ndim == 0:
+        return True
+    if kept.shape is None or unit.ndim > len(kept.shape):
+        return False
+    tail = kept.shape[len(kept.shape) - unit.ndim:]
+    return all(d == 1 or (isinstance(k, (int, np.integer)) and k == d)
+               for d, k in zip(unit.shape, tail))
 
 
 # op -> the index of the input this node passes through unchanged, or None.
@@ -161,6 +168,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
 def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
+    merge_slices(graph, report)
     remove_no_ops(graph, report)
 
 

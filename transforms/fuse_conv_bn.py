@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from . import transform
 from .affine import LINEAR_OPS, Linear, fold_affine, linear_of, sole_output_reason
+from .bn_neighbours import fold_into_next_conv, fold_through_flatten
 from .graphio import inherit_metadata, merge_metadata, rank_finder
 from .graphops import tidy
 from .patterns import adopt_outputs, const_array, detach, name_maker, nodes_of, producer
@@ -25,10 +26,12 @@ def bn_affine(scale: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.nda
 
 
 @transform("fuse-conv-bn")
-def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> TransformReport:
-    """Fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm/2-D MatMul (a BN with
-    no such producer becomes Mul+Add); refuses when params are not constant, the weight is
-    shared, or the producer's output has other consumers or is a graph output."""
+def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = False) -> TransformReport:
+    """Fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm/2-D MatMul, a MatMul
+    behind a channel-keeping flatten to 2-D (becoming Reshape+Gemm), or a following unpadded
+    Conv; a BN with none of these stays one node (Mul+Add with decompose_standalone); refuses
+    non-constant params, a shared weight, a producer output with other readers or a graph
+    output."""
     report = TransformReport("fuse-conv-bn", verb="folded")
     fresh, rank = name_maker(graph), rank_finder(graph)
     for bn in nodes_of(graph, "BatchNormalization"):
@@ -46,16 +49,30 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = True) -> Trans
             merge_metadata(graph, source, bn)
             adopt_outputs(source, bn)
             report.rewrote(bn)
+        elif (why := _other_fold(graph, bn, affine, fresh, rank)) is None:
+            report.rewrote(bn)
         elif decompose_standalone:
             if reason := _decompose(graph, bn, *affine, fresh, rank(bn.inputs[0])):
                 report.skip(bn, reason)
             else:
                 report.rewrote(bn)
         else:
-            report.skip(bn, "no Conv/ConvTranspose/Gemm/MatMul before it")
+            report.skip(bn, f"kept as one node ({why})")
     if report.rewritten:
         tidy(graph)
     return report
+
+
+def _other_fold(graph: gs.Graph, bn: gs.Node, affine: tuple[np.ndarray, np.ndarray],
+                fresh: Callable[[str], str], rank: Callable[[gs.Tensor], int | None]
+                ) -> str | None:
+    """Fold `bn` through a flatten into the MatMul before it, else into the Conv after it;
+    None when one of them did, else both reasons."""
+    before = fold_through_flatten(graph, bn, *affine, fresh, rank)
+    if before is None:
+        return None
+    after = fold_into_next_conv(graph, bn, *affine, fresh)
+    return None if after is None else f"{before}; {after}"
 
 
 def _bn_params(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | str:

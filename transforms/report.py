@@ -63,6 +63,8 @@ class TransformReport:
             text += f", skipped {len(self.skipped)} ({shown}{more})"
         if self.nodes_before or self.nodes_after:
             text += f"  nodes {self.nodes_before}→{self.nodes_after}"
+            # A step that added nodes says so: "folded 3" must not read as a smaller graph.
+            text += " (grew)" if self.nodes_after > self.nodes_before else ""
         if self.params_before != self.params_after:
             text += f"  params {self.params_before}→{self.params_after}"
         return text + f"  {self.seconds:.2f}s"

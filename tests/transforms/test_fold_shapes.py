@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 from tests.helpers import (
     FP32,
@@ -191,3 +192,71 @@ def test_unit_that_broadcasts_past_an_unknown_rank_stays():
     assert ops(out) == ["Relu", "Mul"], report.details()  # [1,1] grows rank-1 x to rank 2
     x = np.arange(3, dtype=np.float32)
     np.testing.assert_array_equal(run_ort(model, {"x": x})["y"], run_ort(out, {"x": x})["y"])
+
+
+def test_zero_bias_on_dynamic_dims_goes_when_it_cannot_broadcast():
+    """DistilBERT with dynamic axes: `x + 0` of a [768] zero bias on [batch, sequence, 768],
+    and `x * 1` of a [1, S, C] one on [batch, S, C]; neither can change the shape."""
+    model = model_of("""g (float[B,T,4] x, float[B,3,4] v) => (float[B,T,4] y, float[B,3,4] w)
+                          <float[4] zero = {0, 0, 0, 0}, float[1,3,4] ones = {1,1,1,1,1,1,1,1,1,1,1,1}> {
+        r = Relu (x)
+        y = Add (r, zero)
+        u = Relu (v)
+        w = Mul (ones, u)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Relu", "Relu"], report.details()
+    feeds = {"x": np.random.default_rng(0).normal(size=(2, 5, 4)).astype(np.float32),
+             "v": np.random.default_rng(1).normal(size=(2, 3, 4)).astype(np.float32)}
+    assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
+
+
+def test_zero_that_a_symbolic_dim_could_broadcast_stays():
+    # T may be 1: then x + zeros[3, 4] is [B, 3, 4], not x's shape.
+    model = model_of("""g (float[B,T,4] x) => (float[B,?,4] y) <float[3,4] zero = {0,0,0,0,0,0,0,0,0,0,0,0}> {
+        r = Relu (x)
+        y = Add (r, zero)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Relu", "Add"], report.details()
+    x = np.random.default_rng(0).normal(size=(2, 1, 4)).astype(np.float32)
+    assert run_ort(out, {"x": x})["y"].shape == (2, 3, 4)
+
+
+SLICE_PAIRS = [
+    pytest.param("a = Slice (x, s0, e0, ax1, st2)\n        y = Slice (a, s1, e0, ax2, st2)",
+                 id="swin-patch-merge"),
+    pytest.param("a = Slice (x, s0, e0, axm1)\n        y = Slice (a, s1, e0, ax1, st2)",
+                 id="negative-axis-default-steps"),
+]
+
+
+@pytest.mark.parametrize("pair", SLICE_PAIRS)
+def test_one_axis_slices_on_different_axes_merge(pair):
+    model = model_of(f"""g (float[B,4,8,6] x) => (float[B,?,?,?] y)
+        <int64[1] s0 = {{0}}, int64[1] s1 = {{1}}, int64[1] e0 = {{9223372036854775807}},
+         int64[1] ax1 = {{1}}, int64[1] ax2 = {{2}}, int64[1] axm1 = {{-1}},
+         int64[1] st2 = {{2}}> {{
+        {pair}
+    }}""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Slice"] and len(out.graph.node[0].input) == 5, report.details()
+    x = np.random.default_rng(0).normal(size=(2, 4, 8, 6)).astype(np.float32)
+    np.testing.assert_array_equal(run_ort(model, {"x": x})["y"], run_ort(out, {"x": x})["y"])
+
+
+def test_slices_on_the_same_axis_or_a_shared_one_stay():
+    model = model_of("""g (float[2,4,8] x) => (float[2,?,?] y, float[2,?,8] a)
+        <int64[1] s1 = {1}, int64[1] e = {9223372036854775807}, int64[1] ax1 = {1},
+         int64[1] ax2 = {2}> {
+        a = Slice (x, s1, e, ax1)
+        b = Slice (a, s1, e, ax1)
+        y = Slice (b, s1, e, ax2)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # a is a graph output (not merged into b); b and y slice axes 1 and 2: they merge.
+    assert ops(out) == ["Slice", "Slice"], report.details()
+    x = np.random.default_rng(0).normal(size=(2, 4, 8)).astype(np.float32)
+    ref, got = run_ort(model, {"x": x}), run_ort(out, {"x": x})
+    np.testing.assert_array_equal(ref["y"], got["y"])
+    np.testing.assert_array_equal(ref["a"], got["a"])

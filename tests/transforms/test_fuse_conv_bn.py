@@ -90,15 +90,84 @@ def test_folds_into_gemm_and_matmul(rng, line, wshape, bias):
     assert_same_function(model, out, **FP32)
 
 
-def test_standalone_bn_becomes_mul_add(rng):
+def test_standalone_bn_stays_one_node(rng):
+    """Nothing to fold into: one BN is one node; Mul+Add (the old default) grew the graph."""
     model = parse_model(f"""{HEADER}
     g (float[2,4,5,5] x) => (float[2,4,5,5] y) <{", ".join(bn_inits(rng, 4))}> {{
         r = Relu (x)
         y = BatchNormalization <epsilon=0.1> (r, s, b, mu, var)
     }}""")
     out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Relu", "BatchNormalization"] and not report.rewritten
+    assert "kept as one node" in report.skipped[0][1]
+    assert out.SerializeToString() == model.SerializeToString()
+
+
+def test_standalone_bn_decomposed_on_request_says_it_grew(rng):
+    model = parse_model(f"""{HEADER}
+    g (float[2,4,5,5] x) => (float[2,4,5,5] y) <{", ".join(bn_inits(rng, 4))}> {{
+        r = Relu (x)
+        y = BatchNormalization <epsilon=0.1> (r, s, b, mu, var)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"],
+                                 options={"fuse-conv-bn": {"decompose_standalone": True}})
     assert ops(out) == ["Relu", "Mul", "Add"] and len(report.rewritten) == 1
+    assert "nodes 2→3 (grew)" in str(report)
     assert_same_function(model, out, **FP32)
+
+
+FLATTEN_CASES = [
+    pytest.param("f = Flatten <axis=2> (m)", id="flatten"),
+    pytest.param("f = Reshape (m, shp)", id="reshape"),
+]
+
+
+@pytest.mark.parametrize("flatten", FLATTEN_CASES)
+def test_bn_behind_flatten_folds_into_matmul(rng, flatten):
+    """LeViT's Linear_norm: MatMul on [B, N, K] -> flatten(0, 1) -> BN -> back to [B, N, C]."""
+    inits = [init_text("w", rng.normal(size=(5, 6)).astype(np.float32)), *bn_inits(rng, 6),
+             init_text("shp", np.array([-1, 6], np.int64)),
+             init_text("back", np.array([2, 3, 6], np.int64))]
+    model = parse_model(f"""{HEADER}
+    g (float[2,3,5] x) => (float[2,3,6] y) <{", ".join(inits)}> {{
+        m = MatMul (x, w)
+        {flatten}
+        n = BatchNormalization <epsilon=0.01> (f, s, b, mu, var)
+        y = Reshape (n, back)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Reshape", "Gemm", "Reshape"] and len(report.rewritten) == 1
+    assert_same_function(model, out, **FP32)
+
+
+@pytest.mark.parametrize("group, cin, cout", [
+    pytest.param(1, 4, 6, id="g1"), pytest.param(2, 4, 6, id="g2"),
+    pytest.param(4, 4, 4, id="depthwise")])
+def test_bn_folds_into_following_unpadded_conv(rng, group, cin, cout):
+    inits = [init_text("w", rng.normal(size=(cout, cin // group, 1, 1)).astype(np.float32)),
+             init_text("cb", rng.normal(size=cout).astype(np.float32)), *bn_inits(rng, cin)]
+    model = parse_model(f"""{HEADER}
+    g (float[2,{cin},5,5] x) => (float[2,{cout},5,5] y, float[2,{cin},5,5] r) <{", ".join(inits)}> {{
+        r = Relu (x)
+        n = BatchNormalization <epsilon=0.01> (r, s, b, mu, var)
+        y = Conv <group={group}> (n, w, cb)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Relu", "Conv"] and len(report.rewritten) == 1
+    assert_same_function(model, out, **FP32)
+
+
+def test_bn_before_padded_conv_is_kept(rng):
+    inits = [init_text("w", rng.normal(size=(4, 4, 3, 3)).astype(np.float32)), *bn_inits(rng, 4)]
+    model = parse_model(f"""{HEADER}
+    g (float[2,4,5,5] x) => (float[2,4,5,5] y) <{", ".join(inits)}> {{
+        r = Relu (x)
+        n = BatchNormalization <epsilon=0.01> (r, s, b, mu, var)
+        y = Conv <pads=[1,1,1,1]> (n, w)
+    }}""")
+    out, [report] = run_pipeline(model, ["fuse-conv-bn"])
+    assert "the Conv after it pads" in report.skipped[0][1] and not report.rewritten
+    assert out.SerializeToString() == model.SerializeToString()
 
 
 def test_bn_chain_folds_twice(rng):

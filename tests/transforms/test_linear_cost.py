@@ -24,7 +24,7 @@ GS_CALLS = [(gs.Graph, "cleanup"), (gs.Graph, "toposort"), (gs.Graph, "fold_cons
 
 def ladder(blocks: int, rng: np.random.Generator) -> onnx.ModelProto:
     """Blocks of Conv -> BN (fused) -> Mul by a scalar every block shares (absorbed) -> Relu
-    -> BN with no Conv before it (decomposed: needs a rank, which only inference knows) -> Add
+    -> BN with nothing to fold into (kept as one node) -> Add
     residual, plus a dead Neg per block for cleanup."""
     inits, lines, x = ["float k = {0.5}"], [], "x"
     for i in range(blocks):
@@ -79,7 +79,8 @@ def test_deploy_does_whole_graph_work_a_fixed_number_of_times(monkeypatch, rng):
         out, reports = run_pipeline(model, ["deploy"])
         monkeypatch.undo()
         counts[blocks] = dict(calls)
-        assert ops(out).count("BatchNormalization") == 0, [str(r) for r in reports]
+        # Only the BN after each Relu stays (nothing to fold it into), as one node.
+        assert ops(out).count("BatchNormalization") == blocks, [str(r) for r in reports]
         assert "Neg" not in ops(out)
     assert counts[3] == counts[30]
     calls = counts[30]
@@ -88,9 +89,10 @@ def test_deploy_does_whole_graph_work_a_fixed_number_of_times(monkeypatch, rng):
     # each time on one export (which walks gs's tensors() once), as does the final export.
     assert not any(calls.get(name) for name in ("cleanup", "toposort", "fold_constants", "copy",
                                                 "Node.__eq__")), calls
-    assert 1 <= calls["infer_shapes"] <= 2
+    inferred = calls.get("infer_shapes", 0)
+    assert inferred <= 2
     assert calls["import_onnx"] == 1
-    assert calls["tensors"] == calls["export_onnx"] == 1 + calls["infer_shapes"]
+    assert calls["tensors"] == calls["export_onnx"] == 1 + inferred
     assert calls["tensor_map"] <= 10
 
 

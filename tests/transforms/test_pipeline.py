@@ -74,14 +74,14 @@ def test_registry_is_strict():
 def test_deploy_keeps_metadata_and_model_fields():
     model = model_with_metadata()
     out, reports = run_pipeline(model, ["deploy"], check=True)
-    # absorb-const folds only into Conv/Gemm/MatMul, so `*8` after bn2's Add stays.
-    assert ops(out) == ["Conv", "Relu", "Mul", "Add", "Mul"], [str(r) for r in reports]
+    # absorb-const folds only into Conv/Gemm/MatMul, so `*8` after the kept bn2 stays.
+    assert ops(out) == ["Conv", "Relu", "BatchNormalization", "Mul"], [str(r) for r in reports]
     meta = {n.name: {p.key: p.value for p in n.metadata_props} for n in out.graph.node}
     # conv now computes bn's output: it answers for it, and remembers what was folded in.
     assert meta["conv"] == {"module": "net.bn", "fused": "net.conv"}
-    # bn2 became Mul+Add: the new nodes carry bn2's provenance.
+    # bn2 has nothing to fold into: it stays, with its own provenance.
     assert [m["module"] for m in meta.values()] == ["net.bn", "net.relu", "net.bn2",
-                                                    "net.bn2", "net.scale"]
+                                                    "net.scale"]
     assert (out.ir_version, out.producer_name) == (10, "tm2onnx")
     assert [(p.key, p.value) for p in out.metadata_props] == [("source", "net.tm")]
     assert [(o.domain, o.version) for o in out.opset_import] == [("", 17)]
@@ -96,7 +96,7 @@ def test_on_step_sees_each_models_before_and_after():
         seen.append((name, ops(before), ops(after), report.name))
 
     out, _ = run_pipeline(model, ["fuse-conv-bn", "where"], on_step=on_step)
-    assert seen[0] == ("fuse-conv-bn", ops(model), ["Conv", "Relu", "Mul", "Add", "Mul"],
+    assert seen[0] == ("fuse-conv-bn", ops(model), ["Conv", "Relu", "BatchNormalization", "Mul"],
                        "fuse-conv-bn")
     assert seen[1][1] == seen[1][2] == ops(out)
 
