@@ -254,8 +254,10 @@ def coords_grid(feature):
     """(B, 2, H, W) pixel coordinates (x, y) of `feature`'s grid, in its dtype."""
     b, _, h, w = feature.shape
     ys, xs = F.meshgrid(F.arange(h, dtype="int32"), F.arange(w, dtype="int32"), indexing="ij")
-    coords = F.stack([xs, ys], axis=0).astype(feature.dtype)
-    return F.broadcast_to(F.expand_dims(coords, 0), (b, 2, h, w))
+    coords = F.broadcast_to(F.expand_dims(F.stack([xs, ys], axis=0), 0), (b, 2, h, w))
+    # astype after the broadcast: it copies, and MegEngine 1.13 computes elementwise ops on
+    # a broadcast_to result wrongly past batch 0 (g - g is not 0 there)
+    return coords.astype(feature.dtype)
 
 
 class RAFTLike(M.Module):

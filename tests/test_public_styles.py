@@ -130,3 +130,28 @@ def test_conformer_masks_padded_frames(megengine):
     np.testing.assert_array_equal(mask, want_mask)
     assert not encoded[0, 3:].any() and encoded[0, :3].all()
     _check(traced, model, [feats, lengths])
+
+
+def _batch_of(arrays: list[np.ndarray], batch: int, seed: int = 3) -> list[np.ndarray]:
+    """Inputs at another batch size: float images/features uniform in [-1, 1), integer
+    lengths/timesteps drawn inside the range the traced ones lie in."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, a.max() + 1, (batch,)).astype(a.dtype) if a.dtype.kind == "i"
+            else rng.uniform(-1, 1, (batch, *a.shape[1:])).astype(a.dtype) for a in arrays]
+
+
+@pytest.mark.parametrize("name", ["deeplabv3plus", "nafnet", "conformer", "raft", "ddpm_unet"])
+def test_public_style_dynamic_batch(megengine, name):
+    """Exported with a dynamic batch: `x.shape` is then not folded, so the pad mask's
+    `mge.Tensor(F.arange(T))` and RAFT's meshgrid coordinate grid are computed at run time."""
+    import warnings
+
+    import tm2onnx
+    from tests.reload import reload_both_ways
+
+    traced, arrays = _trace(name)
+    with warnings.catch_warnings():  # traced at batch 1: the size-1 warning is expected
+        warnings.simplefilter("ignore")
+        model = tm2onnx.export(reload_both_ways(traced, arrays), dynamic_batch=True)
+    for batch in (1, 3):
+        _check(traced, model, _batch_of(arrays, batch))
