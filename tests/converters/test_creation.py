@@ -67,3 +67,18 @@ def test_coordinate_grid_from_shape_with_dynamic_batch(megengine):
 
     export_and_compare(lambda: lambda_net(coords), [(2, 3, 4, 5)], expect_ops=["Expand"],
                        dynamic_batch=True)
+
+
+def test_tensor_of_a_list_of_traced_values_is_refused(megengine):
+    """`mge.Tensor([a, b])` of traced 0-d tensors: refused by name, with the F.stack hint."""
+    import megengine as mge
+    import megengine.traced_module as tm
+
+    import tm2onnx
+    from tm2onnx.errors import ConversionError
+
+    net = lambda_net(lambda x: mge.Tensor([x[0, 0], x[1, 1]]))
+    traced = tm.trace_module(net, mge.Tensor(np.ones((2, 3), np.float32)))
+    with pytest.raises(ConversionError, match=r"Tensor\(\.\.\.\) of list holding traced values"
+                                              r".*F\.stack"):
+        tm2onnx.export(traced)

@@ -22,8 +22,7 @@ def tensor_new(ctx: ExportContext, expr: Any) -> None:
     """`Tensor(t, dtype=..., device=...)` of one traced tensor: the same values (MegEngine
     refuses a dtype other than t's; device placement is onnxruntime's)."""
     args = call_args(expr)
-    given = [*args["args"][:1], *[v for k, v in args["kwargs"].items() if k == "data"]]
-    data = given[0] if given else None
+    data = args["args"][0] if args["args"] else args["kwargs"].get("data")
     if not isinstance(data, TensorNode):
         raise ConversionError(f"{ctx.base_name}: Tensor(...) of {type(data).__name__} holding "
                               "traced values", where=ctx.source,
@@ -44,10 +43,8 @@ def meshgrid_opdef(ctx: ExportContext, expr: Any) -> None:
 
 def emit_meshgrid(ctx: ExportContext, expr: Any, nodes: list, indexing: str) -> None:
     """Input i varies along output axis i ("ij"); "xy" swaps the first two axes (x along
-    columns). Each vector is reshaped to -1 on its axis and expanded to the full grid."""
-    if indexing not in ("ij", "xy"):
-        raise ConversionError(f"{ctx.base_name}: F.meshgrid indexing {indexing!r}",
-                              where=ctx.source, hint="use 'ij' or 'xy'")
+    columns; MegEngine accepts no other). Each vector is reshaped to -1 on its axis and
+    expanded to the full grid."""
     count = len(nodes)
     axes = list(range(count))
     if indexing == "xy" and count >= 2:
