@@ -43,7 +43,7 @@ CASES = [
                  id="meshgrid-xy-3d"),
     pytest.param(lambda x, y: _F().meshgrid(x, y, indexing="ij"),
                  [LENGTHS, np.arange(4, dtype=np.int32)], ["Expand"], id="meshgrid-int32"),
-    pytest.param(_apply_meshgrid("xy"), [(3,), (2,)], ["Expand"], id="apply-MeshGrid-xy"),
+    pytest.param(lambda x, y: _apply_meshgrid("xy")(x, y), [(3,), (2,)], ["Expand"], id="apply-MeshGrid-xy"),
 ]
 
 
