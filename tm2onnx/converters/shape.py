@@ -176,6 +176,9 @@ def emit_stack(ctx: ExportContext, expr: Any, nodes: list, axis: int) -> None:
     if len(inputs) == 1:
         ctx.emit("Unsqueeze", [inputs[0], ctx.shape_const([axis])], expr.outputs)
         return
+    # MegEngine's Stack opr reads a 0-d input as shape (1,): two scalars stack to (2, 1).
+    inputs = [ctx.op("Reshape", [t, ctx.shape_const([1])]) if tuple(node.shape) == () else t
+              for t, node in zip(inputs, nodes)]
     expanded = [ctx.op("Unsqueeze", [t, ctx.shape_const([axis])]) for t in inputs]
     ctx.emit("Concat", expanded, expr.outputs, axis=axis)
 
