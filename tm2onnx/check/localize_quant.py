@@ -1,6 +1,6 @@
 """Teacher-forced check of a quantized (QDQ) export: MegEngine recomputes every tensor it shares
 with the ONNX model from onnxruntime's values of that tensor's inputs, so each layer is judged
-on its own, in steps, and rounding flips cannot compound (README#validating-quantized-models)."""
+on its own, in steps, and rounding flips cannot compound (docs/quantization.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..runtime.steps import StepCount, activation_grids, averaged_grids, count_s
 MAX_STEPS = 1          # a layer may differ by one step (ties and near-ties), never more
 FORCED_SAMPLES = 8     # samples teacher-forced; end-to-end statistics use every run
 # On the grid but steps off in a few elements, on a CPU without VNNI: onnxruntime's kernel,
-# not the export, is the likely cause (README#quantization).
+# not the export, is the likely cause (docs/quantization.md).
 SATURATION_HINT = ("this CPU has no VNNI, and onnxruntime's x86 U8S8 kernels then saturate "
                    "int16 sums of large activation x weight pairs; re-export with "
                    "--qdq-weights uint8 (exact here, slower) or validate on a VNNI CPU")

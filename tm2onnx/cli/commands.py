@@ -160,7 +160,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
                              "onnxruntime on x86 without VNNI, whose U8S8 kernels saturate)")
     parser.add_argument("--target", choices=list(TARGETS), default=DEFAULT_TARGET,
                         help="the toolchain the file is for: its patterns, and a refusal of "
-                             "what it cannot run (README#targets). " + targets_help())
+                             "what it cannot run (docs/targets.md). " + targets_help())
     parser.add_argument("--quant-params-json", metavar="FILE",
                         help="also write the Q/DQ scales as mgeconvert's quantize_file_path JSON")
     _pass_options(parser)

@@ -17,7 +17,7 @@ MAX_DIM = 2**20  # a symbolic dim bound past a million elements is a typo, not a
 
 
 def add_load_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("loading a .tm (see README#safe-loading)")
+    group = parser.add_argument_group("loading a .tm (see docs/safety.md)")
     group.add_argument("--trust-module", action="append", metavar="PKG.MOD", default=[],
                        help="allow custom classes from this module (and its submodules) in "
                             "the pickle (repeatable)")

@@ -28,7 +28,7 @@ SMALL_INITIALIZER = 1024  # elements; shape-like constants that shape inference 
 def load_traced(path: str | os.PathLike, *, allow_modules: Sequence[str] = (),
                 unsafe: bool = False) -> Any:
     """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`,
-    safely unless `unsafe` (see tm2onnx.loading and README#safe-loading)."""
+    safely unless `unsafe` (see tm2onnx.loading and docs/safety.md)."""
     from ..load.loading import load_traced as safe_load
 
     return safe_load(path, allow_modules=allow_modules, unsafe=unsafe)
@@ -42,8 +42,8 @@ def export(model: Any, *example_inputs: Any, opset: int = DEFAULT_OPSET,
     """Export a TracedModule, a path to a pickled `.tm`, or a Module plus example inputs.
     `source` names the model in error messages (default: the path, or the type name).
     `qdq_activations` ("uint8" or "int8") types QAT/int8 activations, `qdq_weights` ("int8" or
-    "uint8" = int8 + 128) their 8-bit weights (README#quantization). `target` picks the
-    toolchain's patterns and refuses what it cannot run (README#targets; default "generic",
+    "uint8" = int8 + 128) their 8-bit weights (docs/quantization.md). `target` picks the
+    toolchain's patterns and refuses what it cannot run (docs/targets.md; default "generic",
     the portable form)."""
     from . import converters
 
@@ -195,7 +195,7 @@ def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
             f"{len(unsupported)} {'exprs have' if len(unsupported) > 1 else 'expr has'} no "
             f"ONNX converter: {listing}", where=ctx.source,
             hint="add one with @function_converter/@method_converter/@module_converter "
-                 "(see README#extending)")
+                 "(see docs/extending.md)")
 
 
 def _finish(ctx: ExportContext) -> onnx.ModelProto:

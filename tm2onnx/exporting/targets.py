@@ -32,7 +32,7 @@ def rule(name: str, hint: str) -> Callable[[Rule], Rule]:
 @dataclass(frozen=True)
 class Target:
     name: str
-    changes: str                    # what this target changes against `generic` (README table)
+    changes: str                    # what this target changes against `generic` (docs/targets.md table)
     rules: tuple[str, ...] = ()     # RULES every export for it must pass
     integer_relu_clip: bool = False  # ReLU after QuantizeLinear as an integer Clip (ORT fuses it)
 
@@ -75,7 +75,7 @@ def check_target(model: onnx.ModelProto, types: Types, target: Target,
 
 
 def table() -> str:
-    """The README/--help table: one row per target."""
+    """The docs/targets.md and --help table: one row per target."""
     rows = ["| target | what changes | refused |", "|---|---|---|"]
     rows += [f"| `{t.name}` | {t.changes} | {', '.join(t.rules) or '-'} |"
              for t in TARGETS.values()]

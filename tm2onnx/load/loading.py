@@ -91,7 +91,7 @@ def _quantized_conv_bn_compat() -> Iterator[None]:
 def load_traced(path: str | os.PathLike, *, allow_modules: Iterable[str] = (),
                 unsafe: bool = False) -> Any:
     """Unpickle a TracedModule saved with `pickle.dump(trace_module(...))` or `mge.save`,
-    resolving only what a TracedModule is made of (see README#safe-loading); `allow_modules`
+    resolving only what a TracedModule is made of (see docs/safety.md); `allow_modules`
     adds trusted modules of custom classes, `unsafe=True` is plain pickle (trusted files only)."""
     import megengine.traced_module as tm
 

@@ -125,7 +125,7 @@ def activation_encoding(ctx: ExportContext, qp: QParams, *, relu: bool = False
     uint8 = int8 + 128 (zero point 128), as `--qdq-activations` asks. A ReLU output in uint8
     gets zero point 0 instead (values 0..127): onnxruntime's x86 kernels without VNNI add
     pairs of u8*s8 products in int16, which saturates for inputs near 255 and large weights
-    (its S8S8 path shifts int8 to uint8 first); 0..127 cannot (README#quantization)."""
+    (its S8S8 path shifts int8 to uint8 first); 0..127 cannot (docs/quantization.md)."""
     if qp.qmax - qp.qmin != 255 or qp.per_channel:
         raise ConversionError(f"{ctx.module_path}: activation range [{qp.qmin}, {qp.qmax}] "
                               f"with {qp.scale.size} scales is not a per-tensor 8-bit "
@@ -241,7 +241,7 @@ def _stored_weight(ctx: ExportContext, integers: np.ndarray, qp: QParams
                    ) -> tuple[np.ndarray, QParams]:
     """With `qdq_weights="uint8"`, 8-bit signed weights as uint8 = int8 + 128 and zero point
     + 128: the same values, and onnxruntime's x86 U8U8 kernels widen to int16 before adding,
-    where its U8S8 ones (no VNNI) saturate pair sums (README#quantization)."""
+    where its U8S8 ones (no VNNI) saturate pair sums (docs/quantization.md)."""
     if getattr(ctx, "qdq_weights", "int8") != "uint8" or qp.qmin < -128 or qp.qmax > 127:
         return integers, qp
     return integers + 128, QParams(qp.scale, qp.zero_point + 128, qp.qmin + 128, qp.qmax + 128)
