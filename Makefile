@@ -43,6 +43,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tm2onnx where out/demo.onnx --op Concat
 
 test: $(STAMP) $(ONNX_STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory test-onnx
 
@@ -98,6 +99,7 @@ bench-peers:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) $(ONNX_VENV) $(PEERS_VENV) $(TC_VENV) out build *.egg-info

@@ -9,9 +9,9 @@ from .session import make_session, run_all, run_model
 
 
 def __getattr__(name: str):
-    # tm2onnx.localize imports this package: load it on first use, not at import.
+    # tm2onnx.check.localize imports this package: load it on first use, not at import.
     if name in ("localize", "find_divergence"):
-        from tm2onnx import localize as _localize
+        from tm2onnx.check import localize as _localize
         return getattr(_localize, name)
     raise AttributeError(f"module 'tm2onnx.runtime' has no attribute {name!r}")
 

@@ -83,7 +83,7 @@ def run_toolchain(name: str, model_path: str | Path, feeds: Feeds, precision: st
         raise
     except Exception as err:  # each toolchain raises its own unrelated types
         raise RunError(f"{name} cannot run {Path(model_path).name}: {_one_line(err)}",
-                       hint="see README#toolchains for what each runtime supports") from err
+                       hint="see docs/toolchains.md for what each runtime supports") from err
 
 
 def output_names(model_path: Path) -> list[str]:

@@ -155,7 +155,7 @@ def test_per_channel_weights(megengine, make, shapes, observer_axis, onnx_axis):
     traced = traced_qat(make, shapes, qconfig=_per_channel(observer_axis))
     assert traced.inner.get_weight_qparams().scale.size > 1
     # unoptimized: onnxruntime's x86 int8 kernels without VNNI saturate on signed (QuantStub)
-    # inputs (README#quantization); the kernels are checked after ReLU in test_quant.py
+    # inputs (docs/quantization.md); the kernels are checked after ReLU in test_quant.py
     model = check_steps(traced, inputs_for(shapes), levels=("disable",))
     # with uint8 weights (U8U8 kernels, no saturation) the optimized session is checked too;
     # onnxruntime's QLinearMatMul takes one weight zero point: refused for batched matmul

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import _moved  # noqa: F401  (the old flat module paths, as aliases)
 from .errors import Tm2OnnxError
 
 
 def __getattr__(name: str):
     # MegEngine takes seconds to import and prints to stderr: load it only when asked.
     if name in ("export", "load_traced"):
-        from . import exporter as _exporter
+        from .exporting import exporter as _exporter
         return getattr(_exporter, name)
     raise AttributeError(f"module 'tm2onnx' has no attribute {name!r}")
 
