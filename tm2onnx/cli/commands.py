@@ -305,7 +305,7 @@ def optimize_command(args: argparse.Namespace, progress: Progress) -> int:
     original = optimize.bind_input_shapes(
         loaded, optimize.parse_input_shapes(args.input_shape), args.model)
     if args.validate:
-        from .runtime.inputs import fill_dims
+        from ..runtime.inputs import fill_dims
 
         # Said before any transform runs: every check below feeds these sizes.
         if filled := fill_dims(original, _dims(args))[1]:

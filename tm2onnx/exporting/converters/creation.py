@@ -12,7 +12,7 @@ from megengine.core.ops import builtin
 from megengine.traced_module.node import TensorNode
 
 from ..context import ExportContext
-from ..errors import ConversionError
+from ...errors import ConversionError
 from . import apply_converter, function_converter, method_converter
 from ._util import call_args
 
