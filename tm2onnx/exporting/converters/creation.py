@@ -11,8 +11,8 @@ import megengine.functional as F
 from megengine.core.ops import builtin
 from megengine.traced_module.node import TensorNode
 
-from ..context import ExportContext
 from ...errors import ConversionError
+from ..context import ExportContext
 from . import apply_converter, function_converter, method_converter
 from ._util import call_args
 
