@@ -14,6 +14,8 @@ import numpy as np
 from ..errors import Tm2OnnxError
 from .common import EXIT_OK, Progress
 
+HELP = ("time an ONNX model in onnxruntime (median/p90/p99, throughput), interleaved with "
+        "--against ONNX and/or --tm MegEngine; prints the ratios")
 PROGRESS_EVERY_S = 2.0
 
 

@@ -10,6 +10,9 @@ from typing import Any
 from ..errors import Tm2OnnxError
 from .common import EXIT_MISMATCH, EXIT_OK, Progress, csv
 
+HELP = ("compare an ONNX model with MegEngine (or another ONNX model) on seeded or given "
+        "inputs; on a difference, name the first tensor that diverges")
+
 
 def validate_arguments(parser: argparse.ArgumentParser) -> None:
     from .common import _validation_options
