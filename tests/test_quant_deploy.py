@@ -137,3 +137,41 @@ def test_int8_calibrated_shufflenet_validates(megengine, tmp_path, capsys):
     assert main(["export", str(path), "-o", str(tmp_path / "int8.onnx"), "--passes", "deploy",
                  "--validate"]) == 0
     assert "PASS: every layer within 1 step of MegEngine" in capsys.readouterr().out
+
+
+def test_calibrated_qat_shufflenet_exports_what_quantize_deploys(megengine, tmp_path, capsys):
+    """calibration_qconfig: the QAT forward is float and `quantize()` deploys int8 kernels that
+    round their inputs onto the grid (also after the shortcut's average pool). The export is that
+    int8 model, to the step at the logits (it was 5 steps off), and `export --passes deploy
+    --validate` passes against it (it failed at 4 steps on dequant_out)."""
+    import megengine as mge
+    import megengine.traced_module as tm
+    from megengine.quantization import calibration_qconfig
+
+    import tm2onnx
+    from models.quant import (
+        QuantShuffleNetV1Tiny,
+        calibrated_qat,
+        int8_version,
+        output_scale,
+        steps_apart,
+    )
+    from tm2onnx.runtime import run_model
+
+    qat = calibrated_qat(QuantShuffleNetV1Tiny(), (4, *SHAPE[1:]), qconfig=calibration_qconfig)
+    traced = tm.trace_module(qat, mge.Tensor(np.zeros(SHAPE, np.float32)))
+    traced.eval()
+    model = tm2onnx.export(traced)
+    x = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
+    name = model.graph.output[0].name
+    got = run_model(model, {model.graph.input[0].name: x}, opt_level="disable")[name]
+    deployed = int8_version(traced)(mge.Tensor(x)).numpy()
+    assert steps_apart(deployed, got, output_scale(model, name)).max_steps == 0
+    assert np.abs(traced(mge.Tensor(x)).numpy() - got).max() > 0.05  # not the float forward
+
+    path = tmp_path / "calibrated.tm"
+    path.write_bytes(pickle.dumps(traced))
+    assert main(["export", str(path), "-o", str(tmp_path / "calibrated.onnx"), "--passes",
+                 "deploy", "--validate"]) == 0
+    out = capsys.readouterr().out
+    assert "its quantize() (calibration only" in out and "verdict:  PASS" in out

@@ -32,6 +32,21 @@ RELU_MODULES = (QAT.ConvRelu2d, QAT.ConvBnRelu2d, QAT.LinearRelu, QAT.ConvTransp
 QUANTIZED = Q.QuantizedModule  # int8 modules: stored int8 weights, quantized output dtype
 
 
+def only_observes(module: Any) -> bool:
+    """A QAT module built with calibration_qconfig: observers, no fake quantization, so its
+    forward is float and its only deployed form is what `quantize()` makes of it."""
+    return (isinstance(module, QAT.QATModule)
+            and getattr(module, "act_observer", None) is not None
+            and getattr(module, "act_fake_quant", None) is None
+            and getattr(module, "weight_fake_quant", None) is None)
+
+
+def deploys_int8(module: Any) -> bool:
+    """Whether the export computes what MegEngine's int8 kernels do (inputs rounded onto their
+    grid, also after averaging ops): int8 modules, and QAT modules that only observe."""
+    return isinstance(module, QUANTIZED) or only_observes(module)
+
+
 def act_qparams(ctx: ExportContext, module: Any) -> QParams:
     """The output quantization MegEngine's `quantize` would give this module."""
     if isinstance(module, QUANTIZED):
@@ -104,7 +119,7 @@ def quantized_operand(ctx: ExportContext, node: Any, module: Any) -> tuple[Any, 
     float input where MegEngine did not fake-quantize it; int8 modules always run on
     quantized input."""
     int8 = isinstance(module, QUANTIZED)
-    value, scale = quantized_input(ctx, node, rounded=int8)
+    value, scale = quantized_input(ctx, node, rounded=deploys_int8(module))
     if int8 and scale is None:
         raise ConversionError(f"{ctx.module_path}: cannot tell the quantization of input "
                               f"'{node.name}' (no QuantStub or quantized module before it)",
