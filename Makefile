@@ -88,14 +88,20 @@ bench: $(STAMP)
 	$(PY) bench/quant_bench.py
 
 # deploy vs onnxsim/onnxslim on torchvision/timm/transformers files exported in the bench.
-# Its own venv (torch wheels are large; PEERS_TORCH=/path/to/torch-cpu.whl avoids CUDA ones).
-PEERS_VENV  ?= .venv-peers
-PEERS_TORCH ?= torch
+# Its own venv on Python 3.11 (the torch/torchvision pins below have cp311 wheels; torch goes
+# in first and alone so the peers extra cannot pull another torch build beside it).
+# PEERS_TORCH=/path/to/torch-cpu.whl avoids the CUDA wheel; PEERS_ARGS="--models swin_t".
+PEERS_VENV   ?= .venv-peers
+PEERS_PYTHON ?= 3.11
+PEERS_TORCH  ?= torch==2.14.1
+PEERS_VISION ?= torchvision==0.29.1
+PEERS_ARGS   ?=
 bench-peers:
-	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
+	@PYX="$$(bash .ci/find-python $(PEERS_PYTHON))" || exit 1; \
 	  [ -x "$(PEERS_VENV)/bin/python" ] || "$$PYX" -m venv $(PEERS_VENV)
-	$(PEERS_VENV)/bin/python -m pip install --quiet "$(PEERS_TORCH)" -e ".[peers]"
-	$(PEERS_VENV)/bin/python bench/onnx_peers.py
+	$(PEERS_VENV)/bin/python -m pip install --quiet "$(PEERS_TORCH)" "$(PEERS_VISION)"
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e ".[peers]"
+	$(PEERS_VENV)/bin/python bench/onnx_peers.py $(PEERS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tm2onnx transforms runtime tests models bench

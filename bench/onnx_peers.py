@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -105,9 +106,11 @@ def load_or_export(name: str, cache: Path | None) -> onnx.ModelProto:
     if path is not None and path.is_file():
         return onnx.load(path)
     raw = export(name)
-    if path is not None:
+    if path is not None:  # atomically: other readers of the folder never see half a file
         path.parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(raw, path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        onnx.save(raw, partial)
+        os.replace(partial, path)
     return raw
 
 
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated subset of: " + ", ".join(MODELS))
     parser.add_argument("--runs", type=int, default=30, help="latency runs per model (30)")
     parser.add_argument("--cache", type=Path, help="keep/reuse exported files in this folder")
+    parser.add_argument("--export-only", action="store_true",
+                        help="export into --cache and stop (no peers, no timing)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",")] if args.models else list(MODELS)
     header = ["model", "nodes, ORT-all ms (1 thread)", "MB", *RUNNERS, "deploy vs peers"]
@@ -125,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             raw = load_or_export(name, args.cache)
         except Exception as err:  # noqa: BLE001
             print(f"{name} | export failed: {str(err).splitlines()[0][:80]}", flush=True)
+            continue
+        if args.export_only:
+            print(f"{name} | exported, {len(raw.graph.node)} nodes", flush=True)
             continue
         print(" | ".join(measure(name, raw, args.runs)), flush=True)
     return 0

@@ -116,7 +116,7 @@ def _transformers(config_name: str, model_name: str, inputs: Callable[[object], 
         import transformers
 
         cfg = getattr(transformers, config_name)(**config)
-        net = getattr(transformers, model_name)(cfg)
+        net = _model_class(transformers, model_name, cfg.model_type)(cfg)
 
         class One(torch.nn.Module):  # one named output: the tuple's layout varies by version
             def __init__(self) -> None:
@@ -127,6 +127,17 @@ def _transformers(config_name: str, model_name: str, inputs: Callable[[object], 
                 return getattr(self.net(x), output)
         return One(), inputs(cfg)
     return build
+
+
+def _model_class(transformers, name: str, model_type: str):
+    """A model class by name: top-level, else from its model's module (transformers 5 stopped
+    exporting sub-models such as WhisperEncoder at the top level)."""
+    if hasattr(transformers, name):
+        return getattr(transformers, name)
+    import importlib
+
+    return getattr(importlib.import_module(
+        f"transformers.models.{model_type}.modeling_{model_type}"), name)
 
 
 def _ids(cfg) -> tuple:

@@ -125,7 +125,11 @@ NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
 }
 
 
-MAX_ROUNDS = 4
+# Each round folds what the last inference made constant; a value-level op (Mod, Range,
+# Where, ScatterND) between a Shape and a Reshape target stops onnx's data propagation, so a
+# chain of them (Swin's shifted-window mask and padding: 7 rounds) needs a round per link.
+# The loop ends at the first round that folds nothing; the cap bounds pathological graphs.
+MAX_ROUNDS = 32
 
 
 @transform("fold-shapes")
@@ -135,7 +139,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm;
     refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
-    # Each fold can pin shapes that the next inference turns into constants: a few rounds.
+    # Each fold can pin shapes that the next inference turns into constants: rounds until none
+    # folds anything.
     for _ in range(MAX_ROUNDS):
         _rewrite_static(graph, report)
         if not may_fold(graph):
@@ -145,6 +150,9 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         _fold_counting(graph, limit, report)
         if len(report.rewritten) == before:  # nothing folded: inference learns nothing new
             break
+    else:
+        report.note(f"stopped after {MAX_ROUNDS} rounds of inference and folding; "
+                    "more may fold: run fold-shapes again")
     fuse_matmul_add(graph, report)
     merge_duplicates(graph, report)
     if report.rewritten:

@@ -260,3 +260,64 @@ def test_slices_on_the_same_axis_or_a_shared_one_stay():
     ref, got = run_ort(model, {"x": x}), run_ort(out, {"x": x})
     np.testing.assert_array_equal(ref["y"], got["y"])
     np.testing.assert_array_equal(ref["a"], got["a"])
+
+
+def _value_op_chain(links: int) -> onnx.ModelProto:
+    """`links` Reshapes, each to the reversed shape of the last, its target Mod(Shape(.), 1000):
+    onnx's data propagation stops at Mod, so each link folds only once the one before has
+    folded and inference has run again (Swin-T's shifted-window masks chain like this)."""
+    body, prev = [], "x"
+    for i in range(links):
+        body += [f"s{i} = Shape ({prev})", f"m{i} = Mod (s{i}, big)",
+                 f"g{i} = Gather <axis = 0> (m{i}, rev)", f"t{i} = Reshape ({prev}, g{i})",
+                 f"r{i} = Relu (t{i})"]
+        prev = f"r{i}"
+    out = "float[2,3,4]" if links % 2 == 0 else "float[4,3,2]"
+    return model_of(f"""g (float[2,3,4] x) => ({out} y)
+        <int64[1] big = {{1000}}, int64[3] rev = {{2, 1, 0}}> {{
+        {chr(10).join(body)}
+        y = Identity ({prev})
+    }}""")
+
+
+def test_a_chain_of_value_ops_folds_to_its_end():
+    model = _value_op_chain(6)  # 7 rounds of inference and folding; 4 stopped half-way
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Reshape", "Relu"] * 6, report.details()
+    assert all(len(n.input) < 2 or n.input[1] in {i.name for i in out.graph.initializer}
+               for n in out.graph.node), "a Reshape target is still computed"
+    assert not report.notes, report.details()
+    assert_same_function(model, out, **FP32)
+
+
+def test_the_round_cap_says_more_may_fold(monkeypatch):
+    from tm2onnx.transforms import fold_shapes
+
+    monkeypatch.setattr(fold_shapes, "MAX_ROUNDS", 2)
+    model = _value_op_chain(4)
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert "Mod" in ops(out) and any("run fold-shapes again" in n for n in report.notes)
+    assert_same_function(model, out, **FP32)
+
+
+def test_a_slice_read_only_by_slices_on_other_axes_merges_into_each():
+    # Swin's patch merging: x[:, 0::2] read by x[:, 0::2, 0::2] and x[:, 0::2, 1::2].
+    model = model_of("""g (float[2,4,6,3] x) => (float[2,2,3,3] a, float[2,2,3,3] b, float[2,2,?,?] c)
+        <int64[1] s0 = {0}, int64[1] s1 = {1}, int64[1] e = {9223372036854775807},
+         int64[1] ax1 = {1}, int64[1] ax2 = {2}, int64[1] st2 = {2}> {
+        rows = Slice (x, s0, e, ax1, st2)
+        a = Slice (rows, s0, e, ax2, st2)
+        b = Slice (rows, s1, e, ax2, st2)
+        odd = Slice (x, s1, e, ax1, st2)
+        c = Relu (odd)
+        d = Slice (odd, s1, e, ax2, st2)
+    }""")
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    # rows goes into a and b; odd also feeds a Relu, so it stays (d is dead and goes).
+    assert sorted(ops(out)) == ["Relu", "Slice", "Slice", "Slice"], report.details()
+    readers = {n.output[0]: n.input[0] for n in out.graph.node}
+    assert readers["a"] == readers["b"] == readers["odd"] == "x", readers
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 3)).astype(np.float32)
+    ref, got = run_ort(model, {"x": x}), run_ort(out, {"x": x})
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(ref[name], got[name])
