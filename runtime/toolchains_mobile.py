@@ -1,0 +1,167 @@
+"""Mobile runtimes for `validate --runtime tflite|ncnn`, registered into runtime/toolchains.py:
+TFLite (ONNX -> onnx2tf -> .tflite -> the LiteRT interpreter) and ncnn (ONNX -> pnnx ->
+param/bin -> ncnn's Python bindings). Both convert into a temporary folder and return
+outputs in the ONNX layout and by ONNX output name, f32 only."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from tm2onnx.errors import RunError
+
+from .toolchain_registry import Feeds, output_names, toolchain
+
+
+def static_output_shapes(model_path: Path, feeds: Feeds) -> list[tuple[int, ...] | None]:
+    """Each output's shape at the feeds' shapes, by ONNX shape inference (None where unknown)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    for value in model.graph.input:
+        if value.name in feeds:
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, feeds[value.name].shape):
+                dim.Clear()
+                dim.dim_value = int(size)
+    inferred = onnx.shape_inference.infer_shapes(model).graph.output
+    shapes: list[tuple[int, ...] | None] = []
+    for value in inferred:
+        dims = value.type.tensor_type.shape.dim
+        known = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
+        shapes.append(tuple(known) if dims and -1 not in known else None)
+    return shapes
+
+
+def to_onnx_layout(name: str, value: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    """onnx2tf writes rank >= 3 outputs channels-last unless it kept them: put the channel
+    axis back where ONNX has it. The shape decides; where both layouts have the same shape but
+    differ (C == H == W ...) nothing can tell them apart, so refuse instead of guessing."""
+    if shape is None:
+        raise RunError(f"TFLite output {name!r}: its ONNX shape is not static at these feeds",
+                       hint="pass --dim for every dynamic axis")
+    back = (0, len(shape) - 1, *range(1, len(shape) - 1))
+    moved = tuple(value.shape[i] for i in back) if value.ndim == len(shape) >= 3 else None
+    if value.shape == shape == moved and len(_squeezed(shape[1:])) > 1:
+        # Rotating the axes leaves the shape as it was, e.g. (1, 8, 8, 8) (with at most one
+        # non-unit axis both layouts are the same data).
+        raise RunError(f"TFLite output {name!r} of shape {list(shape)}: channels-last and "
+                       "ONNX layout have the same shape, cannot tell which onnx2tf wrote",
+                       hint="validate at an input size where channels differ from H, W")
+    if value.shape == shape:
+        return value
+    if moved == shape:
+        return np.transpose(value, back)
+    raise RunError(f"TFLite output {name!r} has shape {list(value.shape)}, ONNX says "
+                   f"{list(shape)}")
+
+
+@toolchain("tflite", extra="tflite", modules=("onnx2tf", "ai_edge_litert"),
+           note="then pip install --no-deps onnx2tf onnxsim, on Python >= 3.12")
+def run_tflite(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
+    # Inputs keep the ONNX layout (keep_shape_absolutely_input_names: onnx2tf inserts the
+    # transpose inside the .tflite), so the same feeds go in; outputs come back by the ONNX
+    # names (copy_onnx_input_output_names_to_tflite) and are transposed back by shape.
+    import onnx2tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = output_names(model_path)
+    shapes = dict(zip(names, static_output_shapes(model_path, feeds)))
+    with tempfile.TemporaryDirectory(prefix="tm2onnx-tflite-") as work:
+        # onnx2tf reports timings with print(): keep them out of `validate --json`'s stdout.
+        with contextlib.redirect_stdout(sys.stderr):
+            onnx2tf.convert(
+                input_onnx_file_path=str(model_path), output_folder_path=work,
+                non_verbose=True, keep_shape_absolutely_input_names=list(feeds),
+                overwrite_input_shape=[f"{k}:{','.join(map(str, v.shape))}"
+                                       for k, v in feeds.items()],
+                copy_onnx_input_output_names_to_tflite=True, output_signaturedefs=True)
+        found = sorted(Path(work).glob("*_float32.tflite"))
+        if not found:
+            raise RunError(f"onnx2tf wrote no float32 .tflite for {model_path.name}")
+        interpreter = Interpreter(model_path=str(found[0]))
+        runner = interpreter.get_signature_runner()
+        got = runner(**{k: np.ascontiguousarray(v) for k, v in feeds.items()})
+    missing = [name for name in names if name not in got]
+    if missing:
+        raise RunError(f"the .tflite has no output named {missing[0]!r} "
+                       f"(it has {', '.join(sorted(got))})")
+    return {name: to_onnx_layout(name, np.asarray(got[name]), shapes[name]) for name in names}
+
+
+@toolchain("ncnn", extra="ncnn", modules=("pnnx", "ncnn"))
+def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
+    # pnnx names blobs in0, in1, ... / out0, out1, ... in the ONNX graph's order; ncnn blobs
+    # have no batch axis and at most 4 dims (w, h, d, c): feed batch-1 inputs without it.
+    import ncnn
+
+    for name, value in feeds.items():
+        if value.ndim == 0 or value.shape[0] != 1 or value.ndim > 5:
+            raise RunError(f"ncnn runs batch-1 inputs of rank 1..5 (no batch axis, at most 4 "
+                           f"dims); {name!r} has shape {list(value.shape)}",
+                           hint="export and validate at batch 1 (--dim N=1)")
+        if value.dtype != np.float32:
+            raise RunError(f"ncnn runs float32 inputs; {name!r} is {value.dtype}")
+    names = output_names(model_path)
+    expected = static_output_shapes(model_path, feeds)
+    with tempfile.TemporaryDirectory(prefix="tm2onnx-ncnn-") as work:
+        stem = Path(work) / "model"
+        onnx_copy = stem.with_suffix(".onnx")
+        onnx_copy.write_bytes(model_path.read_bytes())
+        shapes = ",".join("[" + ",".join(map(str, v.shape)) + "]" for v in feeds.values())
+        done = subprocess.run([_pnnx_binary(), str(onnx_copy), f"inputshape={shapes}",
+                               "fp16=0",  # pnnx stores weights as fp16 unless told (1e-4 off)
+                               f"ncnnparam={stem}.ncnn.param", f"ncnnbin={stem}.ncnn.bin",
+                               f"pnnxparam={stem}.pnnx.param", f"pnnxbin={stem}.pnnx.bin",
+                               f"pnnxpy={stem}_pnnx.py", f"pnnxonnx={stem}.pnnx.onnx",
+                               f"ncnnpy={stem}_ncnn.py"],
+                              capture_output=True, text=True, cwd=work, check=False)
+        param = Path(f"{stem}.ncnn.param")
+        if done.returncode != 0 or not param.exists():
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RunError(f"pnnx cannot convert {model_path.name}: {tail[0]}")
+        with ncnn.Net() as net:
+            net.opt.use_fp16_packed = net.opt.use_fp16_storage = False
+            net.opt.use_fp16_arithmetic = net.opt.use_bf16_storage = False
+            if net.load_param(str(param)) != 0 or net.load_model(f"{stem}.ncnn.bin") != 0:
+                raise RunError(f"ncnn cannot load pnnx's output for {model_path.name}")
+            with net.create_extractor() as extractor:
+                for i, value in enumerate(feeds.values()):
+                    extractor.input(f"in{i}", ncnn.Mat(np.ascontiguousarray(value[0])).clone())
+                outputs = {}
+                for i, name in enumerate(names):
+                    code, mat = extractor.extract(f"out{i}")
+                    if code != 0:
+                        raise RunError(f"ncnn computed no out{i} for output {name!r}")
+                    outputs[name] = _restore_batch(name, np.array(mat).copy(), expected[i])
+    return outputs
+
+
+def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(d for d in shape if d != 1)
+
+
+def _restore_batch(name: str, value: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    """ncnn's blob without the batch axis, back at the ONNX shape: ncnn drops unit axes of its
+    own (a (1, 1, 10) output comes back as w=10), so only unit axes may differ."""
+    value = value[None]
+    if shape is None or value.shape == shape:
+        return value
+    if _squeezed(value.shape) != _squeezed(shape):
+        raise RunError(f"ncnn output {name!r} has shape {list(value.shape[1:])} (no batch), "
+                       f"ONNX says {list(shape)}")
+    return value.reshape(shape)
+
+
+def _pnnx_binary() -> str:
+    import pnnx
+
+    found = sorted(Path(pnnx.__file__).parent.glob("pnnx*"))
+    binaries = [p for p in found if p.is_file() and p.suffix in ("", ".exe")]
+    if not binaries:
+        raise RunError("the pnnx package has no pnnx executable")
+    return str(binaries[0])
