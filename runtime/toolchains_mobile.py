@@ -6,6 +6,7 @@ outputs in the ONNX layout and by ONNX output name, f32 only."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -37,45 +38,51 @@ def static_output_shapes(model_path: Path, feeds: Feeds) -> list[tuple[int, ...]
     return shapes
 
 
-def to_onnx_layout(name: str, value: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
-    """onnx2tf writes rank >= 3 outputs channels-last unless it kept them: put the channel
-    axis back where ONNX has it. The shape decides; where both layouts have the same shape but
-    differ (C == H == W ...) nothing can tell them apart, so refuse instead of guessing."""
-    if shape is None:
-        raise RunError(f"TFLite output {name!r}: its ONNX shape is not static at these feeds",
-                       hint="pass --dim for every dynamic axis")
-    back = (0, len(shape) - 1, *range(1, len(shape) - 1))
-    moved = tuple(value.shape[i] for i in back) if value.ndim == len(shape) >= 3 else None
-    if value.shape == shape == moved and len(_squeezed(shape[1:])) > 1:
-        # Rotating the axes leaves the shape as it was, e.g. (1, 8, 8, 8) (with at most one
-        # non-unit axis both layouts are the same data).
-        raise RunError(f"TFLite output {name!r} of shape {list(shape)}: channels-last and "
-                       "ONNX layout have the same shape, cannot tell which onnx2tf wrote",
-                       hint="validate at an input size where channels differ from H, W")
-    if value.shape == shape:
-        return value
-    if moved == shape:
-        return np.transpose(value, back)
-    raise RunError(f"TFLite output {name!r} has shape {list(value.shape)}, ONNX says "
-                   f"{list(shape)}")
+def with_flat_outputs(model_path: Path, shapes: list[tuple[int, ...] | None], target: Path
+                      ) -> dict[str, str]:
+    """A copy of the model whose rank >= 3 outputs are read through Flatten(axis=0): onnx2tf
+    computes channels-last inside and must put the ONNX order back before a Flatten, so the
+    values come out in the ONNX order whatever layout it picks for its outputs (guessing from
+    the shape fails where both layouts have one, e.g. (1, 16, 16, 16)). ONNX name -> name to
+    read in the .tflite."""
+    model = onnx.load(str(model_path))
+    read = {}
+    for value, shape in zip(list(model.graph.output), shapes):
+        rank = len(value.type.tensor_type.shape.dim)
+        if rank < 3:
+            read[value.name] = value.name
+            continue
+        if shape is None:
+            raise RunError(f"TFLite output {value.name!r}: its ONNX shape is not static at "
+                           "these feeds", hint="pass --dim for every dynamic axis")
+        flat = f"{value.name}__tm2onnx_flat"
+        model.graph.node.append(onnx.helper.make_node("Flatten", [value.name], [flat], axis=0))
+        model.graph.output.remove(value)
+        model.graph.output.append(onnx.helper.make_tensor_value_info(
+            flat, value.type.tensor_type.elem_type, [1, int(np.prod(shape))]))
+        read[value.name] = flat
+    onnx.save(model, str(target))
+    return read
 
 
 @toolchain("tflite", extra="tflite", modules=("onnx2tf", "ai_edge_litert"),
            note="then pip install --no-deps onnx2tf onnxsim, on Python >= 3.12")
 def run_tflite(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
     # Inputs keep the ONNX layout (keep_shape_absolutely_input_names: onnx2tf inserts the
-    # transpose inside the .tflite), so the same feeds go in; outputs come back by the ONNX
-    # names (copy_onnx_input_output_names_to_tflite) and are transposed back by shape.
+    # transpose inside the .tflite), so the same feeds go in; outputs are read by name
+    # (copy_onnx_input_output_names_to_tflite), rank >= 3 ones flattened in the ONNX order.
     import onnx2tf
     from ai_edge_litert.interpreter import Interpreter
 
     names = output_names(model_path)
     shapes = dict(zip(names, static_output_shapes(model_path, feeds)))
     with tempfile.TemporaryDirectory(prefix="tm2onnx-tflite-") as work:
+        source = Path(work) / "model.onnx"
+        read = with_flat_outputs(model_path, list(shapes.values()), source)
         # onnx2tf reports timings with print(): keep them out of `validate --json`'s stdout.
         with contextlib.redirect_stdout(sys.stderr):
             onnx2tf.convert(
-                input_onnx_file_path=str(model_path), output_folder_path=work,
+                input_onnx_file_path=str(source), output_folder_path=work,
                 non_verbose=True, keep_shape_absolutely_input_names=list(feeds),
                 overwrite_input_shape=[f"{k}:{','.join(map(str, v.shape))}"
                                        for k, v in feeds.items()],
@@ -86,11 +93,12 @@ def run_tflite(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
         interpreter = Interpreter(model_path=str(found[0]))
         runner = interpreter.get_signature_runner()
         got = runner(**{k: np.ascontiguousarray(v) for k, v in feeds.items()})
-    missing = [name for name in names if name not in got]
+    missing = [read[name] for name in names if read[name] not in got]
     if missing:
         raise RunError(f"the .tflite has no output named {missing[0]!r} "
                        f"(it has {', '.join(sorted(got))})")
-    return {name: to_onnx_layout(name, np.asarray(got[name]), shapes[name]) for name in names}
+    return {name: np.asarray(got[read[name]]).reshape(shapes[name] or np.shape(got[name]))
+            for name in names}
 
 
 @toolchain("ncnn", extra="ncnn", modules=("pnnx", "ncnn"))
@@ -158,9 +166,11 @@ def _restore_batch(name: str, value: np.ndarray, shape: tuple[int, ...] | None) 
 
 
 def _pnnx_binary() -> str:
-    import pnnx
-
-    found = sorted(Path(pnnx.__file__).parent.glob("pnnx*"))
+    # Found, not imported: `import pnnx` imports torch (about 20 s), which the executable
+    # converting an ONNX file does not need.
+    spec = importlib.util.find_spec("pnnx")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    found = sorted(p for folder in folders for p in Path(folder).glob("pnnx*"))
     binaries = [p for p in found if p.is_file() and p.suffix in ("", ".exe")]
     if not binaries:
         raise RunError("the pnnx package has no pnnx executable")

@@ -36,7 +36,8 @@ g (float[1, 4, 8, 8] x) => (float[1, 12, 8, 8] y)
    b = Conv <pads = [1, 1, 1, 1]> (x, w3)
    c = Concat <axis = 1> (a, b)
    y = Relu (c) }}''',
-    # Output (1, 8, 8, 8): channels-last and ONNX layout have the same shape.
+    # Output (1, 8, 8, 8): channels-last and ONNX layout have the same shape (TFLite: read
+    # through a Flatten, not guessed from the shape).
     "cube": f'''{HEADER}
 g (float[1, 3, 8, 8] x) => (float[1, 8, 8, 8] y)
    <float[8, 3, 1, 1] w = {{{_values(24, 10)}}}>
@@ -59,7 +60,7 @@ def _error_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("name", ["conv", "matmul", "concat"])
+@pytest.mark.parametrize("name", ["conv", "matmul", "concat", "cube"])
 def test_mobile_toolchain_runs_like_onnxruntime(runtime, name, tmp_path, capsys):
     code, captured = _validate(tmp_path, capsys, name, runtime, "--json", "-q")
     assert code == 0, captured.err
@@ -89,7 +90,8 @@ def test_ncnn_refuses_batch_above_one(tmp_path, capsys):
     assert "ncnn runs batch-1 inputs" in _error_line(capsys.readouterr().err)
 
 
-def test_tflite_refuses_an_ambiguous_layout(tmp_path, capsys):
-    code, captured = _validate(tmp_path, capsys, "cube", "tflite", "-q")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_mobile_toolchains_refuse_f16(runtime, tmp_path, capsys):
+    code, captured = _validate(tmp_path, capsys, "conv", runtime, "--precision", "f16")
     assert code == 2
-    assert "cannot tell which onnx2tf wrote" in _error_line(captured.err)
+    assert f"--runtime {runtime} runs f32, not f16" in _error_line(captured.err)
