@@ -135,6 +135,9 @@ def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
         with ncnn.Net() as net:
             net.opt.use_fp16_packed = net.opt.use_fp16_storage = False
             net.opt.use_fp16_arithmetic = net.opt.use_bf16_storage = False
+            if unknown := _unknown_layers(param):
+                # ncnn would only print "layer X not exists" to stderr and fail to load.
+                raise RunError(f"pnnx left layers ncnn has no kernel for: {', '.join(unknown)}")
             if net.load_param(str(param)) != 0 or net.load_model(f"{stem}.ncnn.bin") != 0:
                 raise RunError(f"ncnn cannot load pnnx's output for {model_path.name}")
             with net.create_extractor() as extractor:
@@ -163,6 +166,15 @@ def _restore_batch(name: str, value: np.ndarray, shape: tuple[int, ...] | None) 
         raise RunError(f"ncnn output {name!r} has shape {list(value.shape[1:])} (no batch), "
                        f"ONNX says {list(shape)}")
     return value.reshape(shape)
+
+
+def _unknown_layers(param: Path) -> list[str]:
+    """Layer types in an ncnn .param (after its magic and count lines) that ncnn cannot create:
+    what pnnx could not lower, e.g. torch.tile (a rank-5 Tile) or pnnx.Expression (QDQ)."""
+    import ncnn
+
+    types = {line.split()[0] for line in param.read_text().splitlines()[2:] if line.strip()}
+    return sorted(t for t in types if ncnn.layer_to_index(t) < 0)
 
 
 def _pnnx_binary() -> str:

@@ -95,3 +95,18 @@ def test_mobile_toolchains_refuse_f16(runtime, tmp_path, capsys):
     code, captured = _validate(tmp_path, capsys, "conv", runtime, "--precision", "f16")
     assert code == 2
     assert f"--runtime {runtime} runs f32, not f16" in _error_line(captured.err)
+
+
+def test_ncnn_names_the_layer_it_lacks(tmp_path, capsys):
+    """A rank-5 Tile (HRNet's F.repeat upsampling): pnnx leaves torch.tile, which ncnn has no
+    layer for; the one-line error names it instead of ncnn's bare load failure."""
+    path = tmp_path / "tile.onnx"
+    onnx.save(parse_model(f'''{HEADER}
+g (float[1, 3, 4, 4] x) => (float[1, 3, 8, 4] y)
+   <int64[1] ax = {{3}}, int64[5] reps = {{1, 1, 1, 2, 1}}, int64[4] shape = {{1, 3, 8, 4}}>
+{{ u = Unsqueeze (x, ax)
+   t = Tile (u, reps)
+   y = Reshape (t, shape) }}'''), path)
+    assert main(["validate", str(path), "--runtime", "ncnn", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "ncnn has no kernel for: torch.tile" in err and len(err.strip().splitlines()) == 1
