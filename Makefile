@@ -70,7 +70,7 @@ $(TC_STAMP): pyproject.toml
 
 test-toolchains: $(TC_STAMP)
 	$(TC_VENV)/bin/python -m pytest -q -m "toolchain or onnx_side" tests/runtime/test_toolchains.py \
-	  tests/runtime/test_toolchains_other.py
+	  tests/runtime/test_toolchains_other.py tests/runtime/test_toolchains_mobile.py
 
 bench-toolchains: $(STAMP) $(TC_STAMP)
 	$(PY) bench/toolchains.py --export bench/out/toolchains

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,9 @@ import onnx
 from tm2onnx.errors import RunError
 
 from .toolchain_registry import Feeds, output_names, toolchain
+
+# pnnx's and ncnn's batch_index for "this blob has no batch axis".
+NO_BATCH = 233
 
 
 def static_output_shapes(model_path: Path, feeds: Feeds) -> list[tuple[int, ...] | None]:
@@ -116,11 +120,14 @@ def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
             raise RunError(f"ncnn runs float32 inputs; {name!r} is {value.dtype}")
     names = output_names(model_path)
     expected = static_output_shapes(model_path, feeds)
+    # Positional blobs: the graph's input order, whatever order the feeds came in.
+    graph_inputs = onnx.load(str(model_path), load_external_data=False).graph.input
+    ordered = [feeds[i.name] for i in graph_inputs if i.name in feeds]
     with tempfile.TemporaryDirectory(prefix="tm2onnx-ncnn-") as work:
         stem = Path(work) / "model"
         onnx_copy = stem.with_suffix(".onnx")
         onnx_copy.write_bytes(model_path.read_bytes())
-        shapes = ",".join("[" + ",".join(map(str, v.shape)) + "]" for v in feeds.values())
+        shapes = ",".join("[" + ",".join(map(str, v.shape)) + "]" for v in ordered)
         done = subprocess.run([_pnnx_binary(), str(onnx_copy), f"inputshape={shapes}",
                                "fp16=0",  # pnnx stores weights as fp16 unless told (1e-4 off)
                                f"ncnnparam={stem}.ncnn.param", f"ncnnbin={stem}.ncnn.bin",
@@ -140,15 +147,22 @@ def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
                 raise RunError(f"pnnx left layers ncnn has no kernel for: {', '.join(unknown)}")
             if net.load_param(str(param)) != 0 or net.load_model(f"{stem}.ncnn.bin") != 0:
                 raise RunError(f"ncnn cannot load pnnx's output for {model_path.name}")
+            batch = _batch_axes(Path(f"{stem}_ncnn.py"))
             with net.create_extractor() as extractor:
-                for i, value in enumerate(feeds.values()):
-                    extractor.input(f"in{i}", ncnn.Mat(np.ascontiguousarray(value[0])).clone())
+                for i, value in enumerate(ordered):
+                    axis = _axis(batch, f"in{i}")
+                    if axis == NO_BATCH and value.ndim > 4:
+                        raise RunError(f"ncnn blobs have at most 4 dims; pnnx found no batch "
+                                       f"axis on input {i} of shape {list(value.shape)}")
+                    mat = ncnn.Mat(np.ascontiguousarray(value), batch_index=axis)
+                    extractor.input(f"in{i}", mat.clone())
                 outputs = {}
                 for i, name in enumerate(names):
                     code, mat = extractor.extract(f"out{i}")
                     if code != 0:
                         raise RunError(f"ncnn computed no out{i} for output {name!r}")
-                    outputs[name] = _restore_batch(name, np.array(mat).copy(), expected[i])
+                    value = mat.numpy(batch_index=_axis(batch, f"out{i}")).copy()
+                    outputs[name] = _at_onnx_shape(name, value, expected[i])
     return outputs
 
 
@@ -156,15 +170,32 @@ def _squeezed(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(d for d in shape if d != 1)
 
 
-def _restore_batch(name: str, value: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
-    """ncnn's blob without the batch axis, back at the ONNX shape: ncnn drops unit axes of its
-    own (a (1, 1, 10) output comes back as w=10), so only unit axes may differ."""
-    value = value[None]
+def _batch_axes(ncnn_py: Path) -> dict[str, int]:
+    """The batch axis pnnx chose for each blob, read from the test script it writes (its only
+    record): axis 0 where the graph shows one (a Conv's input), NO_BATCH where nothing does (a
+    Concat of plain tensors), in which case ncnn sees every axis and its op axes count them."""
+    text = ncnn_py.read_text() if ncnn_py.exists() else ""
+    found = {f"in{i}": int(axis) for i, axis in
+             re.findall(r'ex\.input\("in(\d+)", ncnn\.Mat\(in\d+\.numpy\(\), batch_index=(\d+)', text)}
+    found.update({f"out{i}": int(axis) for i, axis in
+                  re.findall(r"out(\d+)\.numpy\(batch_index=(\d+)\)", text)})
+    return found
+
+
+def _axis(batch: dict[str, int], blob: str) -> int:
+    if blob not in batch:  # guessing would feed the wrong axes
+        raise RunError(f"pnnx's ncnn script names no batch axis for blob {blob}")
+    return batch[blob]
+
+
+def _at_onnx_shape(name: str, value: np.ndarray, shape: tuple[int, ...] | None) -> np.ndarray:
+    """ncnn's blob back at the ONNX shape: ncnn drops unit axes of its own (a (1, 1, 10)
+    output comes back as w=10), so only unit axes may differ."""
     if shape is None or value.shape == shape:
         return value
     if _squeezed(value.shape) != _squeezed(shape):
-        raise RunError(f"ncnn output {name!r} has shape {list(value.shape[1:])} (no batch), "
-                       f"ONNX says {list(shape)}")
+        raise RunError(f"ncnn output {name!r} has shape {list(value.shape)}, ONNX says "
+                       f"{list(shape)}")
     return value.reshape(shape)
 
 

@@ -110,3 +110,26 @@ g (float[1, 3, 4, 4] x) => (float[1, 3, 8, 4] y)
     assert main(["validate", str(path), "--runtime", "ncnn", "-q"]) == 2
     err = capsys.readouterr().err
     assert "ncnn has no kernel for: torch.tile" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ncnn_feeds_blobs_in_graph_order(tmp_path):
+    """pnnx's in0, in1 are positional: feeds given in another order still reach the right
+    blob (two inputs of different shapes and values, concatenated)."""
+    import numpy as np
+
+    from tm2onnx.runtime.session import run_model
+    from tm2onnx.runtime.toolchains import run_toolchain
+
+    model = parse_model(f'''{HEADER}
+g (float[1, 2, 4, 4] a, float[1, 3, 4, 4] b) => (float[1, 5, 4, 4] y)
+{{ c = Concat <axis = 1> (a, b)
+   y = Relu (c) }}''')
+    path = tmp_path / "two.onnx"
+    onnx.save(model, path)
+    rng = np.random.default_rng(0)
+    feeds = {"b": rng.uniform(-1, 1, (1, 3, 4, 4)).astype(np.float32),
+             "a": rng.uniform(-1, 1, (1, 2, 4, 4)).astype(np.float32)}
+    got = run_toolchain("ncnn", path, feeds)["y"]
+    expected = run_model(model, feeds)["y"]
+    assert got.shape == (1, 5, 4, 4)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
