@@ -201,7 +201,8 @@ def _at_onnx_shape(name: str, value: np.ndarray, shape: tuple[int, ...] | None) 
 
 def _unknown_layers(param: Path) -> list[str]:
     """Layer types in an ncnn .param (after its magic and count lines) that ncnn cannot create:
-    what pnnx could not lower, e.g. torch.tile (a rank-5 Tile) or pnnx.Expression (QDQ)."""
+    what pnnx could not lower, e.g. torch.tile (pnnx 20261020 lowers no Tile, rank 4 or 5)
+    or pnnx.Expression (QDQ)."""
     import ncnn
 
     types = {line.split()[0] for line in param.read_text().splitlines()[2:] if line.strip()}

@@ -114,7 +114,9 @@ g (float[1, 3, 4, 4] x) => (float[1, 3, 8, 4] y)
 
 def test_ncnn_feeds_blobs_in_graph_order(tmp_path):
     """pnnx's in0, in1 are positional: feeds given in another order still reach the right
-    blob (two inputs of different shapes and values, concatenated)."""
+    blob (two inputs of different shapes and values, concatenated). With no Conv to show a
+    batch axis pnnx keeps all four axes in ncnn (batch_index 233): squeezing axis 0 anyway made
+    the Concat join H (a (2, 8, 4) result)."""
     import numpy as np
 
     from tm2onnx.runtime.session import run_model
