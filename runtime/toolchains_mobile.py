@@ -108,26 +108,26 @@ def run_tflite(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
 @toolchain("ncnn", extra="ncnn", modules=("pnnx", "ncnn"))
 def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
     # pnnx names blobs in0, in1, ... / out0, out1, ... in the ONNX graph's order; ncnn blobs
-    # have no batch axis and at most 4 dims (w, h, d, c): feed batch-1 inputs without it.
+    # have no batch axis and at most 4 dims (w, h, d, c): where pnnx found a batch axis it
+    # must be 1 and is left out, elsewhere every axis is an ncnn axis.
     import ncnn
 
     for name, value in feeds.items():
-        if value.ndim == 0 or value.shape[0] != 1 or value.ndim > 5:
-            raise RunError(f"ncnn runs batch-1 inputs of rank 1..5 (no batch axis, at most 4 "
-                           f"dims); {name!r} has shape {list(value.shape)}",
-                           hint="export and validate at batch 1 (--dim N=1)")
+        if value.ndim == 0 or value.ndim > 5:
+            raise RunError(f"ncnn runs inputs of rank 1..5 (at most 4 dims besides a batch "
+                           f"axis); {name!r} has shape {list(value.shape)}")
         if value.dtype != np.float32:
             raise RunError(f"ncnn runs float32 inputs; {name!r} is {value.dtype}")
     names = output_names(model_path)
     expected = static_output_shapes(model_path, feeds)
     # Positional blobs: the graph's input order, whatever order the feeds came in.
     graph_inputs = onnx.load(str(model_path), load_external_data=False).graph.input
-    ordered = [feeds[i.name] for i in graph_inputs if i.name in feeds]
+    ordered = [(i.name, feeds[i.name]) for i in graph_inputs if i.name in feeds]
     with tempfile.TemporaryDirectory(prefix="tm2onnx-ncnn-") as work:
         stem = Path(work) / "model"
         onnx_copy = stem.with_suffix(".onnx")
         onnx_copy.write_bytes(model_path.read_bytes())
-        shapes = ",".join("[" + ",".join(map(str, v.shape)) + "]" for v in ordered)
+        shapes = ",".join("[" + ",".join(map(str, v.shape)) + "]" for _, v in ordered)
         done = subprocess.run([_pnnx_binary(), str(onnx_copy), f"inputshape={shapes}",
                                "fp16=0",  # pnnx stores weights as fp16 unless told (1e-4 off)
                                f"ncnnparam={stem}.ncnn.param", f"ncnnbin={stem}.ncnn.bin",
@@ -149,11 +149,15 @@ def run_ncnn(model_path: Path, feeds: Feeds, precision: str) -> Feeds:
                 raise RunError(f"ncnn cannot load pnnx's output for {model_path.name}")
             batch = _batch_axes(Path(f"{stem}_ncnn.py"))
             with net.create_extractor() as extractor:
-                for i, value in enumerate(ordered):
+                for i, (name, value) in enumerate(ordered):
                     axis = _axis(batch, f"in{i}")
+                    if axis != NO_BATCH and value.shape[axis] != 1:
+                        raise RunError(f"ncnn runs batch-1 inputs (no batch axis); {name!r} "
+                                       f"has shape {list(value.shape)}, batch on axis {axis}",
+                                       hint="export and validate at batch 1 (--dim N=1)")
                     if axis == NO_BATCH and value.ndim > 4:
                         raise RunError(f"ncnn blobs have at most 4 dims; pnnx found no batch "
-                                       f"axis on input {i} of shape {list(value.shape)}")
+                                       f"axis on {name!r} of shape {list(value.shape)}")
                     mat = ncnn.Mat(np.ascontiguousarray(value), batch_index=axis)
                     extractor.input(f"in{i}", mat.clone())
                 outputs = {}
