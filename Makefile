@@ -55,19 +55,22 @@ test-onnx: $(ONNX_STAMP)
 	  onnxruntime.__version__, 'onnx', onnx.__version__)"
 	$(ONNX_PY) -m pytest -q -m "onnx_side and not slow and not toolchain"
 
-# validate --runtime tvm|mnn (and the OpenVINO tests again) in their own venv: not in CI (the
-# wheels are large); `make bench-toolchains` prints the model x toolchain matrix.
+# validate --runtime tvm|mnn|tflite|ncnn (and the OpenVINO tests again) in their own venv: not
+# in CI (the wheels are large: tensorflow, torch for pnnx); `make bench-toolchains` prints the
+# model x toolchain matrix. onnx2tf pins exact versions of everything (onnxsim 0.6.5 has no
+# cp312 wheel): it goes in with --no-deps, its dependencies come from the `tflite` extra.
 TC_VENV  ?= .venv-tc
 TC_STAMP := $(TC_VENV)/.installed
 $(TC_STAMP): pyproject.toml
 	@PYX="$$(bash .ci/find-python $(ONNX_PYTHON))" || exit 1; \
 	  [ -x "$(TC_VENV)/bin/python" ] || "$$PYX" -m venv $(TC_VENV)
-	$(TC_VENV)/bin/python -m pip install --quiet -e ".[dev,openvino,tvm,mnn]"
+	$(TC_VENV)/bin/python -m pip install --quiet -e ".[dev,openvino,tvm,mnn,tflite,ncnn]"
+	$(TC_VENV)/bin/python -m pip install --quiet --no-deps "onnx2tf>=2.6" "onnxsim>=0.8"
 	@touch $(TC_STAMP)
 
 test-toolchains: $(TC_STAMP)
 	$(TC_VENV)/bin/python -m pytest -q -m "toolchain or onnx_side" tests/runtime/test_toolchains.py \
-	  tests/runtime/test_toolchains_other.py
+	  tests/runtime/test_toolchains_other.py tests/runtime/test_toolchains_mobile.py
 
 bench-toolchains: $(STAMP) $(TC_STAMP)
 	$(PY) bench/toolchains.py --export bench/out/toolchains

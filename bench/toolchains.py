@@ -26,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 FIXTURES = {"resnet18": ((1, 3, 64, 64),), "mobilenet_v2": ((1, 3, 64, 64),),
             "shufflenet_v2": ((1, 3, 64, 64),)}
 PATTERNS = ("shared_upsample", "pafpn", "box_rescale")
+# What broke TFLite/ncnn before the portable export: float64 promotion, F.repeat, slice writes.
+PORTABLE = ("int_promotion", "repeat_upsample", "slice_write")
 DETECTORS = ("swin_shift", "retina_post")   # window attention; in-graph box decode and NMS
 QAT = {"qat_resnet18": ("resnet18", (1, 3, 32, 32))}  # QDQ: int8 kernels on each side
 CELL_TIMEOUT = 600
@@ -51,13 +53,14 @@ def _build_all(only: list[str] | None):
     import megengine as mge
     import megengine.traced_module as tm
 
-    from models import detectors, make_models, quant, real_patterns
+    from models import detectors, make_models, portable_patterns, quant, real_patterns
 
     builders = {spec.name: (lambda n=spec.name: make_models.build(n))
                 for spec in make_models.SPECS.values() if not spec.large}
     builders.update({name: (lambda n=name, s=shapes: make_models.build(n, shapes=s))
                      for name, shapes in FIXTURES.items()})
     builders.update({name: (lambda n=name: real_patterns.build(n)) for name in PATTERNS})
+    builders.update({name: (lambda n=name: portable_patterns.build(n)) for name in PORTABLE})
 
     def detector(name: str):
         net, shape = detectors.build(name)

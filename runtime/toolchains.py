@@ -1,94 +1,36 @@
-"""Runtimes other than onnxruntime that an exported file is deployed to (OpenVINO, TVM, MNN):
-one registry, name -> runner(model_path, feeds, precision) -> outputs by
-ONNX output name. Each runtime is an optional extra; none of this imports MegEngine."""
+"""Runtimes other than onnxruntime that an exported file is deployed to: OpenVINO, TVM and MNN
+here, TFLite and ncnn in toolchains_mobile.py, all registered into toolchain_registry.py (one
+registry, name -> runner(model_path, feeds, precision) -> outputs by ONNX output name). Each
+runtime is an optional extra; none of this imports MegEngine."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from tm2onnx.errors import RunError, Tm2OnnxError
-from tm2onnx.runtime.session import _one_line
+from tm2onnx.errors import RunError
 
-Feeds = dict[str, np.ndarray]
-Runner = Callable[[Path, Feeds, str], Feeds]
-PRECISIONS = ("f32", "f16", "bf16")
+# Re-exported: the registry's public names were defined here first.
+from . import toolchains_mobile  # noqa: F401  (TFLite, ncnn register on import)
+from .toolchain_registry import (
+    PRECISIONS,
+    TOOLCHAINS,
+    Feeds,
+    MissingToolchain,
+    Runner,
+    Toolchain,
+    output_names,
+    require,
+    run_toolchain,
+    toolchain,
+)
 
-
-class MissingToolchain(Tm2OnnxError):
-    """The runtime asked for is not installed: the message names the extra that installs it."""
-
-
-@dataclass(frozen=True)
-class Toolchain:
-    name: str
-    extra: str                  # pip install "tm2onnx[<extra>]"
-    modules: tuple[str, ...]    # what must import for the runner to work
-    precisions: tuple[str, ...]
-    run: Runner
-    note: str = ""              # what the extra needs beyond pip (e.g. a Python version)
-
-    def missing(self) -> list[str]:
-        return [name for name in self.modules if not _importable(name)]
-
-
-TOOLCHAINS: dict[str, Toolchain] = {}
-
-
-def toolchain(name: str, *, extra: str, modules: tuple[str, ...],
-              precisions: tuple[str, ...] = ("f32",), note: str = "") -> Callable[[Runner], Runner]:
-    """Register a runner under its `--runtime` name (once)."""
-    def register(run: Runner) -> Runner:
-        if name in TOOLCHAINS:
-            raise ValueError(f"toolchain {name!r} registered twice")
-        TOOLCHAINS[name] = Toolchain(name, extra, modules, precisions, run, note)
-        return run
-    return register
-
-
-def require(name: str, precision: str = "f32") -> Toolchain:
-    """The toolchain, installed and able to run at `precision`; else one line naming the fix."""
-    if name not in TOOLCHAINS:
-        raise Tm2OnnxError(f"unknown runtime {name!r}", hint=f"use one of {', '.join(TOOLCHAINS)}")
-    found = TOOLCHAINS[name]
-    if missing := found.missing():
-        note = f" ({found.note})" if found.note else ""
-        raise MissingToolchain(f"--runtime {name} needs {', '.join(missing)}, which is not "
-                               f"installed", hint=f'pip install "tm2onnx[{found.extra}]"{note}')
-    if precision not in found.precisions:
-        raise Tm2OnnxError(f"--runtime {name} runs {'/'.join(found.precisions)}, not {precision}",
-                           hint=f"use --precision {found.precisions[0]}")
-    return found
-
-
-def run_toolchain(name: str, model_path: str | Path, feeds: Feeds, precision: str = "f32"
-                  ) -> Feeds:
-    """Outputs by ONNX output name; a toolchain that cannot convert or run the model raises a
-    RunError naming it (a refusal, never a silent mismatch)."""
-    found = require(name, precision)
-    try:
-        with _stdout_to_stderr():
-            return found.run(Path(model_path), feeds, precision)
-    except Tm2OnnxError:
-        raise
-    except Exception as err:  # each toolchain raises its own unrelated types
-        raise RunError(f"{name} cannot run {Path(model_path).name}: {_one_line(err)}",
-                       hint="see docs/toolchains.md for what each runtime supports") from err
-
-
-def output_names(model_path: Path) -> list[str]:
-    model = onnx.load(str(model_path), load_external_data=False)
-    return [output.name for output in model.graph.output]
+__all__ = ["PRECISIONS", "TOOLCHAINS", "Feeds", "MissingToolchain", "Runner", "Toolchain",
+           "compile_openvino", "output_names", "require", "run_toolchain", "toolchain"]
 
 
 @toolchain("openvino", extra="openvino", modules=("openvino",), precisions=PRECISIONS)
@@ -165,25 +107,3 @@ def _mnn_input(value: np.ndarray) -> Any:
         raise RunError(f"MNN takes no {value.dtype} input", hint="feed float32 or int inputs")
     return expr.const(np.ascontiguousarray(value), list(value.shape), expr.NCHW,
                       table[value.dtype])
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Toolchains print progress from C++ straight to file descriptor 1 (MNN's converter, its
-    device banner): send it to stderr so that `validate --json` stays parseable."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a parent package missing, or a stub without a spec
-        return False
