@@ -2,7 +2,8 @@
 strides, pads, bias), BatchNormalization, Mul/Div/Add/Sub by constants of many broadcast shapes
 on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid-graph outputs,
 Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
-two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten."""
+two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
+Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D and more."""
 
 from __future__ import annotations
 
@@ -283,9 +284,37 @@ def graphs(draw: st.DrawFn, force: str | None = None) -> onnx.ModelProto:
     return _model(b, rank, draw(st.integers(13, 21)), draw(st.booleans()))
 
 
+def linear_rows(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """nn.Linear on [B, ..., C] as exporters write it: Reshape to [M, C] -> Gemm (transB,
+    alpha, beta, bias [K] or [1, K]) or MatMul (+ Add) -> Reshape back (one -1 at the batch):
+    MatMul (+ Add) on x itself after fold-shapes."""
+    if len(shape) < 3:
+        return linear(b, x, shape)
+    c, k, rows = shape[-1], b.draw(st.integers(1, 6)), int(np.prod(shape[:-1]))
+    first = b.draw(st.sampled_from([-1, rows])) if not b.symbolic else -1
+    r = b.emit("Reshape", [x, b.const_int("rows", [first, c])], (rows, c), private=True, tag=True)
+    kind = b.draw(st.sampled_from(["gemm", "matmul", "matmul_add"]))
+    bias = b.const("bias", _normal(b, b.draw(st.sampled_from([(k,), (1, k)]))), False)
+    if kind == "gemm":
+        trans = b.draw(st.booleans())
+        w = b.const("w", _normal(b, (k, c) if trans else (c, k), 1 / np.sqrt(c)), False)
+        alpha, beta = (b.draw(st.sampled_from([1.0, 0.5])) for _ in range(2))
+        inputs = [r, w] + ([bias] if b.draw(st.booleans()) else [])
+        m = b.emit("Gemm", inputs, (rows, k), private=True, transB=int(trans), alpha=alpha,
+                   beta=beta)
+    else:
+        w = b.const("w", _normal(b, (c, k), 1 / np.sqrt(c)), False)
+        m = b.emit("MatMul", [r, w], (rows, k), private=True)
+        if kind == "matmul_add":
+            m = b.emit("Add", [m, bias], (rows, k), private=True)
+    lead = [-1 if b.symbolic or b.draw(st.booleans()) else shape[0], *shape[1:-1]]
+    out_shape = (*shape[:-1], k)
+    return b.emit("Reshape", [m, b.const_int("back", [*lead, k])], out_shape), out_shape
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
-         "matmul_flatten_bn": matmul_flatten_bn}
+         "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:
