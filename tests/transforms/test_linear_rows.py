@@ -14,16 +14,10 @@ from tests.helpers import (
     assert_same_function,
     init_text,
     ops,
-    parse_model,
     run_ort,
 )
+from tests.transforms.test_fold_shapes import model_of
 from tm2onnx.transforms import run_pipeline
-
-HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
-
-
-def model_of(text: str) -> onnx.ModelProto:
-    return parse_model(f"{HEADER}\n{text}", ir_version=8)
 
 
 def linear(rng, gemm: str, back: str, batch: str = "2", extra: str = "") -> onnx.ModelProto:
