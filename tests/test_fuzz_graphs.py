@@ -286,8 +286,8 @@ def graphs(draw: st.DrawFn, force: str | None = None) -> onnx.ModelProto:
 
 def linear_rows(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     """nn.Linear on [B, ..., C] as exporters write it: Reshape to [M, C] -> Gemm (transB,
-    alpha, beta, bias [K] or [1, K]) or MatMul (+ Add) -> Reshape back (one -1 at the batch):
-    MatMul (+ Add) on x itself after fold-shapes."""
+    alpha, beta, bias [K] or [1, K]) or MatMul (+ Add) -> Reshape back (one -1 at the batch),
+    or for MatMul to another shape: the first Reshape goes in fold-shapes."""
     if len(shape) < 3:
         return linear(b, x, shape)
     c, k, rows = shape[-1], b.draw(st.integers(1, 6)), int(np.prod(shape[:-1]))
@@ -309,6 +309,10 @@ def linear_rows(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]
             m = b.emit("Add", [m, bias], (rows, k), private=True)
     lead = [-1 if b.symbolic or b.draw(st.booleans()) else shape[0], *shape[1:-1]]
     out_shape = (*shape[:-1], k)
+    if kind != "gemm" and not b.symbolic and b.draw(st.booleans()):
+        # Back to anything else (Swin's split into heads): the first Reshape still goes.
+        out_shape = b.draw(st.sampled_from([(rows * k,), (k, rows), (1, rows, k)]))
+        lead, k = list(out_shape[:-1]), out_shape[-1]
     return b.emit("Reshape", [m, b.const_int("back", [*lead, k])], out_shape), out_shape
 
 

@@ -22,7 +22,7 @@ from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
-from .linear_rows import linear_rows
+from .linear_rows import linear_rows, reshape_past_linear
 from .patterns import (
     adopt_outputs,
     const_array,
@@ -149,6 +149,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
             break
     fuse_matmul_add(graph, report)
     linear_rows(graph, report)  # the Reshape -> Gemm -> Reshape that fusing MatMul + Add made
+    reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)

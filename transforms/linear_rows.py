@@ -148,3 +148,57 @@ def _inferred_restore(out: gs.Tensor, lead: list, k: int) -> bool:
         return False
     return all(dim is not None and want == dim and (not isinstance(dim, str) or dim)
                for want, dim in zip(shape[:-1], lead))
+
+
+def reshape_past_linear(graph: gs.Graph, report: TransformReport) -> None:
+    """Reshape(x, [..., C]) -> MatMul(W [C, K]) [-> Add(b [K])] -> Reshape(constant target):
+    the first Reshape goes, the MatMul reads x. A Reshape that keeps the last dim C keeps
+    every row vector, in order, so it commutes with the per-row x @ W + b and the second
+    Reshape then sees the same elements in the same order (Swin's window attention)."""
+    for matmul in nodes_of(graph, "MatMul"):
+        first = producer(matmul.inputs[0], op="Reshape") if len(matmul.inputs) == 2 else None
+        if first is None or only_consumer(first.outputs[0], graph) is not matmul:
+            continue
+        chain = _row_chain(graph, matmul)
+        if chain is None or not _keeps_last_dim(first, matmul.inputs[1]):
+            continue
+        for node in chain[:-1]:  # their outputs take x's leading dims now
+            node.outputs[0].shape = None
+        matmul.inputs[0] = first.inputs[0]
+        detach(first)
+        report.rewrote(first)
+
+
+def _row_chain(graph: gs.Graph, matmul: gs.Node) -> list[gs.Node] | None:
+    """[MatMul, (Add,) Reshape] when each output has the next node as its only reader, the
+    Add's other operand is a constant row bias of rank <= 2 (x and y have at least that rank)
+    and the Reshape's target is a constant that copies no input dim (a 0 would copy one of the
+    changed leading dims)."""
+    chain, node = [matmul], only_consumer(matmul.outputs[0], graph)
+    k = matmul.inputs[1].shape[-1] if matmul.inputs[1].shape else None
+    if node is not None and node.op == "Add" and len(node.inputs) == 2:
+        other = node.inputs[1] if node.inputs[0] is matmul.outputs[0] else node.inputs[0]
+        bias = const_array(other)
+        if bias is None or other is matmul.outputs[0] or bias.shape not in ((k,), (1, k), (1,), ()):
+            return None
+        chain.append(node)
+        node = only_consumer(node.outputs[0], graph)
+    if node is None or node.op != "Reshape" or len(node.inputs) < 2 or \
+            node.inputs[0] is not chain[-1].outputs[0]:
+        return None
+    target = const_array(node.inputs[1])
+    if target is None or (np.any(target == 0) and not node.attrs.get("allowzero", 0)):
+        return None
+    return [*chain, node]
+
+
+def _keeps_last_dim(first: gs.Node, weight: gs.Tensor) -> bool:
+    """Reshape(x) -> y with x and y of rank >= 2 and the same static last dim, which is the
+    2-D weight's row count (MatMul then maps each last-dim vector on its own)."""
+    x, y = first.inputs[0].shape, first.outputs[0].shape
+    if weight is first.outputs[0] or weight.shape is None or len(weight.shape) != 2:
+        return False
+    if x is None or y is None or len(x) < 2 or len(y) < 2:
+        return False
+    c = x[-1]
+    return isinstance(c, (int, np.integer)) and c > 0 and y[-1] == c == weight.shape[0]

@@ -135,3 +135,52 @@ def test_rows_reshape_that_splits_the_channel_stays(rng):
     out, [report] = run_pipeline(model, ["fold-shapes"])
     assert ops(out) == ["Reshape", "MatMul", "Reshape"], report.details()
     assert_same_function(model, out, **FP32)
+
+
+def past_linear(rng, rows: str, back: str, x_shape: str = "2,6,8", k_in: int = 8,
+                extra: str = "") -> onnx.ModelProto:
+    w = rng.normal(size=(k_in, 6)).astype(np.float32)
+    b = rng.normal(size=6).astype(np.float32)
+    out_dims = ",".join(f"o{i}" for i in range(back.count(",") + 1))
+    return model_of(f"""g (float[{x_shape}] x) => (float[{out_dims}] y)
+        <{init_text("w", w)}, {init_text("b", b)}, int64[{rows.count(",") + 1}] rows = {rows},
+         int64[{back.count(",") + 1}] back = {back}> {{
+        r = Reshape (x, rows)
+        m = MatMul (r, w)
+        a = Add (m, b)
+        y = Reshape (a, back)
+        {extra}
+    }}""")
+
+
+@pytest.mark.parametrize("rows, back", [
+    ("{3, 4, 8}", "{12, 2, 3}"),          # Swin: windows regrouped, then split into heads
+    ("{2, 3, 2, 8}", "{72}"),              # flattened after
+])
+def test_reshape_keeping_the_last_dim_goes_past_matmul_add(rng, rows, back):
+    model = past_linear(rng, rows, back)
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["MatMul", "Add", "Reshape"], report.details()
+    assert next(n for n in out.graph.node if n.op_type == "MatMul").input[0] == "x"
+    assert_same_function(model, out, **FP32)
+
+
+@pytest.mark.parametrize("rows, back, x_shape, k_in", [
+    ("{2, 12, 4}", "{2, 12, 6}", "2,6,8", 4),   # the Reshape splits the last dim
+    ("{3, 4, 8}", "{0, 24}", "2,6,8", 8),        # a 0 copies a leading dim that changes
+])
+def test_reshapes_that_change_rows_or_copy_dims_stay(rng, rows, back, x_shape, k_in):
+    model = past_linear(rng, rows, back, x_shape, k_in)
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out).count("Reshape") == 2, report.details()
+    assert_same_function(model, out, **FP32)
+
+
+def test_a_second_reader_of_the_product_keeps_the_reshape(rng):
+    model = past_linear(rng, "{3, 4, 8}", "{12, 2, 3}", extra="z = Relu (a)")
+    model.graph.output.append(
+        onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None))
+    out, [report] = run_pipeline(model, ["fold-shapes"])
+    assert ops(out).count("Reshape") == 2, report.details()
+    feeds = {"x": rng.normal(size=(2, 6, 8)).astype(np.float32)}
+    assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
