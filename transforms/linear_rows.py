@@ -58,7 +58,8 @@ def _plan(graph: gs.Graph, node: gs.Node, fresh: Callable[[str], str]) -> Plan |
         return None
     first = producer(node.inputs[0], op="Reshape")
     second = only_consumer(node.outputs[0], graph)
-    if first is None or second is None or second.op != "Reshape" or len(second.inputs) < 2:
+    if first is None or second is None or second.op != "Reshape" or len(second.inputs) < 2 \
+            or second.inputs[0] is not node.outputs[0]:
         return None
     if len(first.inputs) < 2 or only_consumer(first.outputs[0], graph) is not node:
         return None
