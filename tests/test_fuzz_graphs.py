@@ -1,7 +1,9 @@
 """Random valid ONNX graphs for property tests: Conv/ConvTranspose 1-3-D (groups, kernels,
 strides, pads, bias), BatchNormalization, Mul/Div/Add/Sub by constants of many broadcast shapes
 on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid-graph outputs,
-Constant nodes, a symbolic batch, opsets 13-21."""
+Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
+two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
+Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D and more."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 BATCH = 2  # the value fed for the symbolic batch
+PATTERN = "_pattern"  # the name suffix of a node a forced step expects to be rewritten away
 
 
 @dataclass
@@ -25,7 +28,10 @@ class Builder:
     outputs: list = field(default_factory=list)
     tensors: list = field(default_factory=list)  # (name, concrete shape) of every value
     weights: dict = field(default_factory=dict)  # weight shape -> name, for sharing
+    shapes: dict = field(default_factory=dict)  # every value's concrete shape
     count: int = 0
+    private: bool = False  # the next emitted value is no candidate for sharing
+    tagging: bool = False  # in the forced step: its `tag`ged nodes get the PATTERN suffix
 
     def fresh(self, base: str) -> str:
         self.count += 1
@@ -48,10 +54,23 @@ class Builder:
             self.inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def emit(self, op: str, inputs: list[str], shape: tuple[int, ...], **attrs) -> str:
+    def const_int(self, base: str, value: list[int]) -> str:
+        name = self.fresh(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def emit(self, op: str, inputs: list[str], shape: tuple[int, ...], private: bool = False,
+             tag: bool = False, **attrs) -> str:
+        """A node; a `private` output (inside a pattern that a rewrite merges) is read by the
+        next node only, so no later step shares it; a `tag`ged node (named *PATTERN) is the
+        one that rewrite removes."""
         out = self.fresh(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out + "_node", **attrs))
-        self.tensors.append((out, shape))
+        name = out + (PATTERN if tag and self.tagging else "_node")
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+        self.shapes[out] = shape
+        if not (private or self.private):
+            self.tensors.append((out, shape))
+        self.private = False
         return out
 
 
@@ -59,13 +78,14 @@ def _normal(b: Builder, shape, scale=1.0) -> np.ndarray:
     return (b.rng.standard_normal(shape) * scale).astype(np.float32)
 
 
-def conv(b: Builder, x: str, shape: tuple[int, ...], transpose: bool) -> tuple[str, tuple]:
+def conv(b: Builder, x: str, shape: tuple[int, ...], transpose: bool,
+         unpadded: bool = False) -> tuple[str, tuple]:
     cin, spatial = shape[1], shape[2:]
     groups = b.draw(st.sampled_from([g for g in (1, 2, 3, 4) if cin % g == 0]))
     cout = groups * b.draw(st.integers(1, 3))
     kernel = tuple(b.draw(st.integers(1, 3)) for _ in spatial)
     strides = tuple(b.draw(st.integers(1, 2)) for _ in spatial)
-    pads = [b.draw(st.integers(0, 1)) for _ in spatial] * 2
+    pads = [0 if unpadded else b.draw(st.integers(0, 1)) for _ in spatial] * 2
     wshape = (cin, cout // groups, *kernel) if transpose else (cout, cin // groups, *kernel)
     key = ("ConvTranspose" if transpose else "Conv", wshape, groups)
     if key in b.weights and b.draw(st.booleans()):
@@ -88,13 +108,16 @@ def conv(b: Builder, x: str, shape: tuple[int, ...], transpose: bool) -> tuple[s
                   strides=list(strides), pads=pads), new_shape
 
 
-def batchnorm(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+def batchnorm(b: Builder, x: str, shape: tuple[int, ...], tag: bool = False
+              ) -> tuple[str, tuple]:
     c = shape[1]
-    params = [b.const("scale", _normal(b, (c,))), b.const("shift", _normal(b, (c,))),
-              b.const("mean", _normal(b, (c,))),
-              b.const("var", b.rng.uniform(0.2, 2.0, c).astype(np.float32))]
+    # A tagged BN must fold: fuse-conv-bn (deploy's first step) reads initializers only.
+    ok = not tag
+    params = [b.const("scale", _normal(b, (c,)), ok), b.const("shift", _normal(b, (c,)), ok),
+              b.const("mean", _normal(b, (c,)), ok),
+              b.const("var", b.rng.uniform(0.2, 2.0, c).astype(np.float32), ok)]
     eps = b.draw(st.sampled_from([1e-5, 1e-3, 0.1, 0.5]))
-    return b.emit("BatchNormalization", [x, *params], shape, epsilon=eps), shape
+    return b.emit("BatchNormalization", [x, *params], shape, tag=tag, epsilon=eps), shape
 
 
 def _broadcast_shape(b: Builder, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -148,18 +171,103 @@ def joined(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     return b.emit("Concat", [x, other], new_shape, axis=1), new_shape
 
 
+def slices(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Slice on one axis, then on another: one multi-axis Slice after fold-shapes."""
+    axes = b.draw(st.permutations(range(1, len(shape))))[:2] if len(shape) > 2 else [1]
+    inner = None
+    for axis in axes:
+        size = shape[axis]
+        step = b.draw(st.sampled_from([1, 1, 2, -1]))
+        if step > 0:
+            start, end = b.draw(st.integers(0, size - 1)), b.draw(st.sampled_from([size, 2**62]))
+        else:
+            start, end = size - 1, b.draw(st.sampled_from([-(2**62), 0]))
+        index = [slice(None)] * len(shape)
+        index[axis] = slice(start, end, step)
+        new_shape = np.empty(shape, np.int8)[tuple(index)].shape
+        if 0 in new_shape:
+            break
+        signed = axis - len(shape) if b.draw(st.booleans()) else axis
+        ints = [b.const_int(f"sl{what}", [v]) for what, v in
+                (("starts", start), ("ends", end), ("axes", signed), ("steps", step))]
+        if step == 1 and b.draw(st.booleans()):
+            ints = ints[:3]  # steps defaulted
+        x, shape = b.emit("Slice", [x, *ints], new_shape, private=inner is None,
+                          tag=inner is None and len(axes) > 1), new_shape
+        inner = x
+    return x, shape
+
+
+def unit(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """x + 0, 0 + x, x - 0, x * 1, 1 * x, x / 1 with a constant that does not grow x."""
+    op = b.draw(st.sampled_from(["Add", "Sub", "Mul", "Div"]))
+    cshape = _broadcast_shape(b, shape)
+    if len(cshape) > len(shape):
+        cshape = cshape[1:]
+    c = b.const("u", np.full(cshape, 1.0 if op in ("Mul", "Div") else 0.0), node_ok=False)
+    first = b.draw(st.booleans()) and op in ("Add", "Mul")
+    return b.emit(op, [c, x] if first else [x, c], shape, tag=True), shape
+
+
+def bn_then_conv(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """A BN whose only reader is an unpadded Conv: folded into that Conv."""
+    if not 3 <= len(shape) <= 5:
+        return elementwise(b, x, shape)
+    x = b.emit("Relu", [x], shape)  # no Conv right before the BN
+    b.private = True
+    y, shape = batchnorm(b, x, shape, tag=True)
+    out, out_shape = conv(b, y, shape, False, unpadded=True)
+    if out == y:  # no Conv fits: the BN stays, as a tagged node must not
+        b.nodes[-1].name = b.nodes[-1].output[0] + "_node"
+    return out, out_shape
+
+
+def bn_alone(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """A BN between Relus: nothing to fold into, so it stays one node."""
+    if not 3 <= len(shape) <= 5:
+        return elementwise(b, x, shape)
+    x = b.emit("Relu", [x], shape)
+    b.private = True
+    x, shape = batchnorm(b, x, shape, tag=True)
+    return b.emit("Relu", [x], shape), shape
+
+
+def matmul_flatten_bn(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """MatMul on [..., C] -> flatten to [M, C'] -> BN (LeViT): folded into a Gemm."""
+    if len(shape) < 3:
+        return linear(b, x, shape)
+    k, n = shape[-1], b.draw(st.integers(1, 6))
+    w = b.const("w", _normal(b, (k, n), 1 / np.sqrt(k)), False)
+    out_shape = (*shape[:-1], n)
+    y = b.emit("MatMul", [x, w], out_shape, private=True)
+    rows = int(np.prod(out_shape[:-1]))
+    if b.draw(st.booleans()):
+        flat = b.emit("Flatten", [y], (rows, n), private=True, axis=len(shape) - 1)
+    else:
+        target = b.const_int("flat", [b.draw(st.sampled_from([-1, rows])), n])
+        flat = b.emit("Reshape", [y, target], (rows, n), private=True)
+    return batchnorm(b, flat, (rows, n), tag=True)
+
+
 @st.composite
-def graphs(draw: st.DrawFn) -> onnx.ModelProto:
-    """A random model and the dims to feed it (the symbolic batch)."""
+def graphs(draw: st.DrawFn, force: str | None = None) -> onnx.ModelProto:
+    """A random model; `force` names a step (of STEPS) that then comes once, at a random
+    place, in a graph of rank >= 3 (and a symbolic batch for `unit`)."""
     b = Builder(draw, np.random.default_rng(draw(st.integers(0, 2**32 - 1))),
-                draw(st.booleans()))
-    rank = draw(st.integers(2, 5))
+                force == "unit" or draw(st.booleans()))
+    rank = draw(st.integers(3 if force else 2, 5))
     shape = (BATCH, draw(st.integers(1, 4)), *(draw(st.integers(3, 6)) for _ in range(rank - 2)))
     x = "x"
     b.tensors.append((x, shape))
-    for _ in range(draw(st.integers(1, 6))):
-        step = draw(st.sampled_from(["conv", "convT", "bn", "elementwise", "elementwise",
-                                     "linear", "relu", "joined"]))
+    count = draw(st.integers(1, 6))
+    forced_at = draw(st.integers(0, count - 1)) if force else -1
+    for i in range(count):
+        step = force if i == forced_at else draw(st.sampled_from(
+            ["conv", "convT", "bn", "elementwise", "elementwise", "linear", "relu", "joined",
+             *STEPS]))
+        if i == forced_at and (x == "x" or x in b.outputs):
+            x = b.emit("Relu", [x], shape)  # a no-op bypass must not join input to output
+        b.tagging = i == forced_at
         if step in ("conv", "convT", "bn") and not 3 <= len(shape) <= 5:
             step = "elementwise"
         if step == "relu":
@@ -168,7 +276,7 @@ def graphs(draw: st.DrawFn) -> onnx.ModelProto:
             x, shape = conv(b, x, shape, step == "convT")
         else:
             x, shape = {"bn": batchnorm, "elementwise": elementwise, "linear": linear,
-                        "joined": joined}[step](b, x, shape)
+                        "joined": joined, **STEPS}[step](b, x, shape)
         if draw(st.integers(0, 5)) == 0 and x != "x" and x not in b.outputs:
             b.outputs.append(x)  # an output in mid-graph that later nodes also read
     if x not in b.outputs:
@@ -176,8 +284,45 @@ def graphs(draw: st.DrawFn) -> onnx.ModelProto:
     return _model(b, rank, draw(st.integers(13, 21)), draw(st.booleans()))
 
 
+def linear_rows(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """nn.Linear on [B, ..., C] as exporters write it: Reshape to [M, C] -> Gemm (transB,
+    alpha, beta, bias [K] or [1, K]) or MatMul (+ Add) -> Reshape back (one -1 at the batch),
+    or for MatMul to another shape: the first Reshape goes in fold-shapes."""
+    if len(shape) < 3:
+        return linear(b, x, shape)
+    c, k, rows = shape[-1], b.draw(st.integers(1, 6)), int(np.prod(shape[:-1]))
+    first = b.draw(st.sampled_from([-1, rows])) if not b.symbolic else -1
+    r = b.emit("Reshape", [x, b.const_int("rows", [first, c])], (rows, c), private=True, tag=True)
+    kind = b.draw(st.sampled_from(["gemm", "matmul", "matmul_add"]))
+    bias = b.const("bias", _normal(b, b.draw(st.sampled_from([(k,), (1, k)]))), False)
+    if kind == "gemm":
+        trans = b.draw(st.booleans())
+        w = b.const("w", _normal(b, (k, c) if trans else (c, k), 1 / np.sqrt(c)), False)
+        alpha, beta = (b.draw(st.sampled_from([1.0, 0.5])) for _ in range(2))
+        inputs = [r, w] + ([bias] if b.draw(st.booleans()) else [])
+        m = b.emit("Gemm", inputs, (rows, k), private=True, transB=int(trans), alpha=alpha,
+                   beta=beta)
+    else:
+        w = b.const("w", _normal(b, (c, k), 1 / np.sqrt(c)), False)
+        m = b.emit("MatMul", [r, w], (rows, k), private=True)
+        if kind == "matmul_add":
+            m = b.emit("Add", [m, bias], (rows, k), private=True)
+    lead = [-1 if b.symbolic or b.draw(st.booleans()) else shape[0], *shape[1:-1]]
+    out_shape = (*shape[:-1], k)
+    if kind != "gemm" and not b.symbolic and b.draw(st.booleans()):
+        # Back to anything else (Swin's split into heads): the first Reshape still goes.
+        out_shape = b.draw(st.sampled_from([(rows * k,), (k, rows), (1, rows, k)]))
+        lead, k = list(out_shape[:-1]), out_shape[-1]
+    return b.emit("Reshape", [m, b.const_int("back", [*lead, k])], out_shape), out_shape
+
+
+# The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
+STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
+         "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows}
+
+
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:
-    shapes = dict(b.tensors)
+    shapes = {**b.shapes, **dict(b.tensors)}
     in_shape = shapes["x"]
     dims = ["batch" if b.symbolic else BATCH, *in_shape[1:]]
     graph = helper.make_graph(

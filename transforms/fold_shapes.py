@@ -1,6 +1,6 @@
 """Shape-aware folding: give tensors their inferred shapes, fold the shape arithmetic that makes
 constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand without copying weights,
-and fuse a 2-D MatMul + bias Add into Gemm."""
+fuse a 2-D MatMul + bias Add into Gemm, and drop the reshapes around a Linear layer on 3-D."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .dtypes import as_dtype
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
+from .linear_rows import linear_rows, reshape_past_linear
 from .patterns import (
     adopt_outputs,
     const_array,
@@ -136,7 +137,8 @@ MAX_ROUNDS = 32
 def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> TransformReport:
     """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
     constant, drop no-ops (Identity, Dropout, same-type Cast, same-shape Reshape, x+0, ...)
-    reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm;
+    reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm, drop
+    the Reshapes around a Linear layer on [B, N, C] (leaving MatMul + Add);
     refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: rounds until none
@@ -154,6 +156,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
         report.note(f"stopped after {MAX_ROUNDS} rounds of inference and folding; "
                     "more may fold: run fold-shapes again")
     fuse_matmul_add(graph, report)
+    linear_rows(graph, report)  # the Reshape -> Gemm -> Reshape that fusing MatMul + Add made
+    reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
@@ -169,6 +173,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     # After the bypass: a zero Pad can sit inside these Transpose patterns.
     reshapes_before_transposes(graph, report)
     transposes_as_reshapes(graph, report)
+    linear_rows(graph, report)
     _merge_and_bypass(graph, report)
     drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
 
