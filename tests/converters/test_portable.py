@@ -399,3 +399,22 @@ def test_repeat_upsampling_as_one_resize(dynamic):
     got = run_ort(lean, {lean.graph.input[0].name: x})
     for name, value in zip([o.name for o in lean.graph.output], want):
         np.testing.assert_array_equal(got[name], value)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch"])
+def test_ncnn_target_writes_repeat_as_resize(dynamic):
+    """pnnx lowers no Tile at any rank, so `--target ncnn` writes HRNet's F.repeat upsampling
+    as one nearest Resize: exact vs MegEngine, no Tile; the generic target keeps the Tile."""
+    from tests.converters.harness import function_net
+
+    def upsample(F, x):
+        return F.repeat(F.repeat(x, 2, 2), 2, 3)
+
+    model = export_and_compare(lambda: function_net(upsample), [(2, 3, 4, 5)],
+                               expect_ops=["Resize"], tolerance=EXACT, dynamic_batch=dynamic,
+                               target="ncnn")
+    assert "Tile" not in ops(model) and ops(model).count("Resize") == 1
+    tm2onnx_target_check(model, "ncnn")
+    generic = export_and_compare(lambda: function_net(upsample), [(2, 3, 4, 5)],
+                                 expect_ops=["Tile"], tolerance=EXACT, dynamic_batch=dynamic)
+    assert "Resize" not in ops(generic)

@@ -200,7 +200,7 @@ def _convert_exprs(ctx: ExportContext, traced: Any) -> None:
 
 def _finish(ctx: ExportContext) -> onnx.ModelProto:
     ctx.graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    _portable_rewrites(ctx.graph)
+    _portable_rewrites(ctx.graph, PORTABLE_REWRITES + ctx.target.rewrites)
     _undeclare_data_dependent(ctx.graph)
     model = gs.export_onnx(ctx.graph, do_type_check=True)
     # The lowest IR version the opset needs, so every runtime that knows the opset loads it.
@@ -238,12 +238,13 @@ def _traced_float64(ctx: ExportContext) -> bool:
 PORTABLE_REWRITES = ("shuffle-4d",)  # every target: rank <= 4 where a 4-D form keeps the batch
 
 
-def _portable_rewrites(graph: gs.Graph) -> None:
+def _portable_rewrites(graph: gs.Graph, names: tuple[str, ...]) -> None:
     """Patterns MegEngine code writes in a form some toolchains cannot run, rewritten to an
-    equivalent one every toolchain has (each transform proves its match, or skips)."""
+    equivalent one every toolchain (or the target) has (each transform proves its match, or
+    skips)."""
     from ..transforms import TRANSFORMS
 
-    for name in PORTABLE_REWRITES:
+    for name in names:
         TRANSFORMS[name](graph)  # no size stats: they would walk every weight once more
 
 

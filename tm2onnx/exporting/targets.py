@@ -35,6 +35,7 @@ class Target:
     changes: str                    # what this target changes against `generic` (docs/targets.md table)
     rules: tuple[str, ...] = ()     # RULES every export for it must pass
     integer_relu_clip: bool = False  # ReLU after QuantizeLinear as an integer Clip (ORT fuses it)
+    rewrites: tuple[str, ...] = ()  # transforms every export for it runs (each proves its match)
 
 
 TARGETS: dict[str, Target] = {target.name: target for target in (
@@ -49,8 +50,9 @@ TARGETS: dict[str, Target] = {target.name: target for target in (
            rules=("no-float64",)),
     Target("tflite", "the generic patterns (TFLite has no float64; onnx2tf lowers an integer "
            "Clip on quantized values wrongly)", rules=("no-float64", "no-integer-clip")),
-    Target("ncnn", "the generic patterns (ncnn is float32, has no batch axis, at most 4-D "
-           "blobs, no scatter)", rules=("no-float64", "max-rank-4", "no-scatter")),
+    Target("ncnn", "the generic patterns, and F.repeat along H/W as a nearest Resize (ncnn is "
+           "float32, has no batch axis, at most 4-D blobs, no scatter; pnnx lowers no Tile)",
+           rules=("no-float64", "max-rank-4", "no-scatter"), rewrites=("repeat-as-resize",)),
 )}
 
 
