@@ -3,7 +3,8 @@ strides, pads, bias), BatchNormalization, Mul/Div/Add/Sub by constants of many b
 on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid-graph outputs,
 Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
 two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
-Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D and more."""
+Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
+from the input's own Shape, and more."""
 
 from __future__ import annotations
 
@@ -252,9 +253,9 @@ def matmul_flatten_bn(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, 
 @st.composite
 def graphs(draw: st.DrawFn, force: str | None = None) -> onnx.ModelProto:
     """A random model; `force` names a step (of STEPS) that then comes once, at a random
-    place, in a graph of rank >= 3 (and a symbolic batch for `unit`)."""
+    place, in a graph of rank >= 3 (and a symbolic batch for `unit` and `shape_target`)."""
     b = Builder(draw, np.random.default_rng(draw(st.integers(0, 2**32 - 1))),
-                force == "unit" or draw(st.booleans()))
+                force in ("unit", "shape_target") or draw(st.booleans()))
     rank = draw(st.integers(3 if force else 2, 5))
     shape = (BATCH, draw(st.integers(1, 4)), *(draw(st.integers(3, 6)) for _ in range(rank - 2)))
     x = "x"
@@ -316,9 +317,35 @@ def linear_rows(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]
     return b.emit("Reshape", [m, b.const_int("back", [*lead, k])], out_shape), out_shape
 
 
+def shape_target(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Reshape(x, Concat(x's leading dims read one by one through Shape -> Gather [->
+    Unsqueeze], the rest merged as a constant)): with a symbolic batch the target becomes a
+    constant with 0 for the dims copied from x."""
+    if len(shape) < 2:
+        return elementwise(b, x, shape)
+    keep = b.draw(st.integers(1, len(shape) - 1))
+    size = b.emit("Shape", [x], (len(shape),), private=True)
+    pieces = []
+    for axis in range(keep):
+        if b.draw(st.booleans()):
+            dim = b.emit("Gather", [size, b.const_int("at", [axis])], (1,), private=True)
+        else:
+            index = b.fresh("at")
+            b.inits.append(numpy_helper.from_array(np.asarray(axis, np.int64), index))
+            scalar = b.emit("Gather", [size, index], (), private=True)
+            dim = b.emit("Unsqueeze", [scalar, b.const_int("axes", [0])], (1,), private=True)
+        pieces.append(dim)
+    rest = int(np.prod(shape[keep:]))
+    pieces.append(b.const_int("rest", [b.draw(st.sampled_from([-1, rest]))]))
+    target = b.emit("Concat", pieces, (keep + 1,), private=True, tag=True, axis=0)
+    out_shape = (*shape[:keep], rest)
+    return b.emit("Reshape", [x, target], out_shape), out_shape
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
-         "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows}
+         "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
+         "shape_target": shape_target}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

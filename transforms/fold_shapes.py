@@ -35,6 +35,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
+from .reshape_targets import pin_reshape_targets
 from .slices import merge_slices
 from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
@@ -169,6 +170,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     """One pass of the shape-dependent rewrites, on freshly inferred shapes."""
     if needs_shapes(graph):
         infer_onto(graph)
+        pin_reshape_targets(graph, report)
     _merge_and_bypass(graph, report)
     # After the bypass: a zero Pad can sit inside these Transpose patterns.
     reshapes_before_transposes(graph, report)
