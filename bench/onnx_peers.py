@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -71,7 +72,7 @@ def max_diff(reference: dict, got: dict) -> float:
 def measure(name: str, raw: onnx.ModelProto, runs: int) -> list[str]:
     feeds = random_feeds(raw, seed=0, dims=DIMS)
     reference = run_model(raw, feeds, opt_level="disable")
-    cells = [name, str(len(raw.graph.node)), f"{raw.ByteSize() / 2**20:.1f}"]
+    cells = [name, str(len(raw.graph.node)), f"{raw.ByteSize() / 2**20:.2f}"]
     outputs, texts = {"exported": raw}, {}
     for tool, runner in RUNNERS.items():
         if tool in PEERS and not importlib.util.find_spec(tool):
@@ -87,17 +88,36 @@ def measure(name: str, raw: onnx.ModelProto, runs: int) -> list[str]:
             continue
         outputs[tool] = out
         ok = "ok" if diff <= TOLERANCE else f"DIFF {diff:.1e}"
-        texts[tool] = (f"{len(out.graph.node)} nodes, {out.ByteSize() / 2**20:.1f} MB, "
+        texts[tool] = (f"{len(out.graph.node)} nodes, {out.ByteSize() / 2**20:.2f} MB, "
                        f"{seconds:.1f} s, {ok}")
     latency = latencies_ms(outputs, feeds, runs)
     cells[1] += f", {latency['exported']:.1f} ms"
     cells += [texts[tool] + (f", {latency[tool]:.1f} ms" if tool in latency else "")
               for tool in RUNNERS]
-    counts = {tool: len(out.graph.node) for tool, out in outputs.items() if tool != "exported"}
-    best = min((counts[p] for p in PEERS if p in counts), default=None)
-    verdict = "-" if best is None or "deploy" not in counts else (
-        "≤ best peer" if counts["deploy"] <= best else f"+{counts['deploy'] - best} vs best")
-    return [*cells, verdict]
+    return [*cells, verdict(outputs)]
+
+
+def verdict(outputs: dict[str, onnx.ModelProto]) -> str:
+    """deploy against the best peer: nodes, and the file's bytes against the smallest peer's."""
+    peers = [outputs[p] for p in PEERS if p in outputs]
+    if not peers or "deploy" not in outputs:
+        return "-"
+    mine = outputs["deploy"]
+    nodes = len(mine.graph.node) - min(len(p.graph.node) for p in peers)
+    size = mine.ByteSize() - min(p.ByteSize() for p in peers)
+    data = weight_bytes(mine) - min(weight_bytes(p) for p in peers)
+    return ", ".join([
+        "nodes ≤ best" if nodes <= 0 else f"nodes +{nodes}",
+        "file ≤ smallest" if size <= 0 else f"file +{size} B",
+        "weights ≤ smallest" if data <= 0 else f"weights +{data} B"])
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data (initializers and Constant nodes' values): the file without its
+    names, which tools choose differently (onnxsim renames what it touches `_v_N`)."""
+    tensors = [*model.graph.initializer, *(a.t for n in model.graph.node if n.op_type == "Constant"
+                                            for a in n.attribute if a.name == "value")]
+    return sum(numpy_helper.to_array(t).nbytes for t in tensors)
 
 
 def load_or_export(name: str, cache: Path | None) -> onnx.ModelProto:

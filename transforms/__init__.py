@@ -25,8 +25,10 @@ TransformFn = Callable[..., TransformReport]
 StepCallback = Callable[[str, onnx.ModelProto, onnx.ModelProto, TransformReport], None]
 
 TRANSFORMS: dict[str, TransformFn] = {}
-# What `deploy` expands to: the rewrites every deployment wants, in a safe order.
-DEPLOY_PIPELINE: tuple[str, ...] = ("fuse-conv-bn", "absorb-const", "fold-shapes", "cleanup")
+# What `deploy` expands to: the rewrites every deployment wants, in a safe order. Folding first:
+# the Conv fusions need constant operands, and exporters compute some (Identity of a shared
+# weight, a frozen BN's scale) that only folding makes constant.
+DEPLOY_PIPELINE: tuple[str, ...] = ("fold-shapes", "fuse-conv-bn", "absorb-const", "cleanup")
 _NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine", "bn_neighbours",
                   "slices", "linear_rows", "reshape_targets"}
 

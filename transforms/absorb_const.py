@@ -40,7 +40,7 @@ def absorb_const(graph: gs.Graph) -> TransformReport:
             report.skip(node, plan)
             continue
         lin, s, t = plan
-        fold_affine(lin, s, t, fresh)
+        fold_affine(lin, s, t, fresh, graph)
         merge_metadata(graph, source, node)
         adopt_outputs(source, node)
         report.rewrote(node)

@@ -107,14 +107,16 @@ def scale_weight(op: str, weight: np.ndarray, s: np.ndarray, *, group: int = 1,
     return weight * s[None, :]            # Gemm (K, C) and MatMul (K, C)
 
 
-def fold_affine(lin: Linear, s: np.ndarray, t: np.ndarray, fresh: Callable[[str], str]) -> None:
-    """Rewrite lin.node so it computes (x·W + b)·s + t; s, t are (C,) vectors."""
+def fold_affine(lin: Linear, s: np.ndarray, t: np.ndarray, fresh: Callable[[str], str],
+                graph: gs.Graph | None = None) -> None:
+    """Rewrite lin.node so it computes (x·W + b)·s + t; s, t are (C,) vectors. With the graph,
+    weights only this node reads change in place (their names stay)."""
     node, dtype = lin.node, lin.weight.dtype
     weight = scale_weight(node.op, lin.weight, s, group=int(node.attrs.get("group", 1)),
                           trans_b=bool(node.attrs.get("transB", 0)))
-    set_const_input(node, 1, weight.astype(dtype), fresh(f"{node.name}.weight"))
+    set_const_input(node, 1, weight.astype(dtype), fresh(f"{node.name}.weight"), graph)
     if node.op == "Gemm":
-        _fold_gemm_bias(lin, s, t, fresh)
+        _fold_gemm_bias(lin, s, t, fresh, graph)
         return
     if node.op == "MatMul":
         if np.any(t != 0):
@@ -123,14 +125,14 @@ def fold_affine(lin: Linear, s: np.ndarray, t: np.ndarray, fresh: Callable[[str]
             set_const_input(node, 2, t.astype(dtype), fresh(f"{node.name}.bias"))
         return
     bias = lin.bias if lin.bias is not None else np.zeros(lin.channels, dtype)
-    set_const_input(node, 2, (bias * s + t).astype(dtype), fresh(f"{node.name}.bias"))
+    set_const_input(node, 2, (bias * s + t).astype(dtype), fresh(f"{node.name}.bias"), graph)
 
 
-def _fold_gemm_bias(lin: Linear, s: np.ndarray, t: np.ndarray, fresh: Callable[[str], str]
-                    ) -> None:
+def _fold_gemm_bias(lin: Linear, s: np.ndarray, t: np.ndarray, fresh: Callable[[str], str],
+                    graph: gs.Graph | None) -> None:
     node, dtype = lin.node, lin.weight.dtype
     beta = float(node.attrs.get("beta", 1.0))
     # Gemm adds beta*C; fold beta in so the new C stands alone (beta = 1).
     bias = beta * lin.bias if lin.bias is not None else np.zeros(lin.channels, dtype)
     node.attrs["beta"] = 1.0
-    set_const_input(node, 2, (bias * s + t).astype(dtype), fresh(f"{node.name}.bias"))
+    set_const_input(node, 2, (bias * s + t).astype(dtype), fresh(f"{node.name}.bias"), graph)

@@ -45,7 +45,7 @@ def fuse_conv_bn(graph: gs.Graph, *, decompose_standalone: bool = False) -> Tran
             if isinstance(lin, str):
                 report.skip(bn, lin)
                 continue
-            fold_affine(lin, *affine, fresh)
+            fold_affine(lin, *affine, fresh, graph)
             merge_metadata(graph, source, bn)
             adopt_outputs(source, bn)
             report.rewrote(bn)

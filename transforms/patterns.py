@@ -95,8 +95,16 @@ def is_shared_constant(tensor: gs.Tensor) -> bool:
     return len(tensor.outputs) > 1
 
 
-def set_const_input(node: gs.Node, index: int, array: np.ndarray, name: str) -> gs.Constant:
-    """Make input `index` of `node` a new constant (appending when index == len(inputs))."""
+def set_const_input(node: gs.Node, index: int, array: np.ndarray, name: str,
+                    graph: gs.Graph | None = None) -> gs.Constant:
+    """Make input `index` of `node` a constant holding `array` (appending when index ==
+    len(inputs)). Given the graph, a constant only this node reads (no graph output) takes the
+    values in place and keeps its name: the exporter's weight name, no longer new one."""
+    current = node.inputs[index] if index < len(node.inputs) else None
+    if (graph is not None and isinstance(current, gs.Constant) and len(current.outputs) == 1
+            and not is_graph_output(graph, current)):
+        current.values = contiguous(array)
+        return current
     const = gs.Constant(name, contiguous(array))
     if index == len(node.inputs):
         node.inputs.append(const)

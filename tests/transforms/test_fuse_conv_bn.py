@@ -235,3 +235,24 @@ def test_property_conv_bn_mul_chain_folds_to_one_conv(groups, cin_mult, cout_mul
     reference = run_ort(model, feeds)
     magnitude = max(1.0, float(np.abs(reference["z"]).max()))
     assert_matches(reference, run_ort(out, feeds), rtol=1e-4, atol=1e-5 * magnitude)
+
+
+def test_folded_weights_keep_the_exporters_names_unless_a_graph_output_reads_them(rng):
+    """A weight only the Conv reads takes the folded values in place (its name stays, the file
+    gains no new name); one that is also a graph output must keep its values."""
+    text = lambda outputs, extra: f"""{HEADER}
+    g (float[1,2,4,4] x) => (float[1,2,4,4] y{outputs})
+      <{init_text("w", rng.normal(size=(2, 2, 1, 1)).astype(np.float32))},
+       {init_text("cb", rng.normal(size=2).astype(np.float32))}, {", ".join(bn_inits(rng, 2))}> {{
+        c = Conv (x, w, cb)
+        y = BatchNormalization (c, s, b, mu, var){extra}
+    }}"""
+    model = parse_model(text("", ""))
+    out, _ = run_pipeline(model, ["fuse-conv-bn"])
+    assert ops(out) == ["Conv"] and out.graph.node[0].input[1:] == ["w", "cb"]
+    assert_same_function(model, out, **FP32)
+    exposed = parse_model(text(", float[2,2,1,1] w", ""))  # the weight itself is an output
+    out, _ = run_pipeline(exposed, ["fuse-conv-bn"])
+    assert ops(out) == ["Conv"] and out.graph.node[0].input[1] != "w"
+    x = {"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)}
+    assert_matches(run_ort(exposed, x), run_ort(out, x), **FP32)  # w unchanged too

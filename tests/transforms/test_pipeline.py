@@ -107,3 +107,28 @@ def test_report_line_reads_like_the_guide():
                              nodes_before=120, nodes_after=108, seconds=0.02)
     assert str(report) == ("fuse-conv-bn: folded 12, skipped 1 (conv3: weight is a graph "
                            "input)  nodes 120→108  0.02s")
+
+
+def test_deploy_folds_before_the_fusions_that_need_constants():
+    """Exporters write a weight shared by value as Identity(weight) (torch deduplicates equal
+    initializers: frozen BNs of DETR's backbone); once fold-shapes has made them constants,
+    the Conv fusions take them (they ran first once and skipped every one)."""
+    model = parse_model("""<ir_version: 10, opset_import: ["" : 17]>
+    g (float[1,2,4,4] x) => (float[1,2,4,4] y)
+      <float[2,2,1,1] w = {1, -2, 3, 4}, float[2,2,1,1] w2 = {2, 1, -1, 3}, float[1,2,1,1] s = {0.5, 2},
+       float[1,2,1,1] b = {0.25, -1}, float[2] g = {1, 2}, float[2] beta = {0, 1},
+       float[2] m = {0.5, 0}, float[2] v = {1, 4}> {
+        si = Identity (s)
+        bi = Identity (b)
+        gi = Identity (g)
+        c = Conv (x, w)
+        scaled = Mul (c, si)
+        shifted = Add (scaled, bi)
+        r = Relu (shifted)
+        c2 = Conv (r, w2)
+        n = BatchNormalization (c2, gi, beta, m, v)
+        y = Relu (n)
+    }""")
+    out, reports = run_pipeline(model, ["deploy"])
+    assert ops(out) == ["Conv", "Relu", "Conv", "Relu"], [str(r) for r in reports]
+    assert_same_function(model, out, **FP32)
