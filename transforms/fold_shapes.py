@@ -35,7 +35,7 @@ from .patterns import (
     replace_uses,
 )
 from .report import TransformReport, label
-from .reshape_targets import pin_reshape_targets
+from .reshape_targets import pin_reshape_targets, static_copied_dims
 from .slices import merge_slices
 from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
 
@@ -181,6 +181,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
 
 
 def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
+    static_copied_dims(graph)
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
     merge_slices(graph, report)

@@ -95,3 +95,23 @@ def pin_reshape_targets(graph: gs.Graph, report: TransformReport) -> None:
         fresh = fresh or name_maker(graph)
         reshape.inputs[1] = gs.Constant(fresh(f"{reshape.name}_target"), target)
         report.rewrote(reshape)
+
+
+def static_copied_dims(graph: gs.Graph) -> None:
+    """A constant Reshape target's 0 ("copy the input's dim") becomes that dim's size once
+    inference knows it: targets pinned while a size was still symbolic turn fully static, so
+    the Reshape merges that refuse copied dims apply again."""
+    fresh = None
+    for reshape in nodes_of(graph, "Reshape"):
+        if len(reshape.inputs) < 2 or reshape.attrs.get("allowzero", 0):
+            continue
+        target, shape = const_array(reshape.inputs[1]), reshape.inputs[0].shape
+        if target is None or shape is None or target.ndim != 1 or not np.any(target == 0):
+            continue
+        copied = np.flatnonzero(target == 0)
+        if copied.max() >= len(shape) or not all(isinstance(shape[i], int) for i in copied):
+            continue
+        fresh = fresh or name_maker(graph)
+        static = target.astype(np.int64)  # a copy: the constant may be shared with others
+        static[copied] = [shape[i] for i in copied]
+        reshape.inputs[1] = gs.Constant(fresh(f"{reshape.name}_target"), static)

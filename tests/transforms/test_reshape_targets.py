@@ -96,3 +96,17 @@ def test_allowzero_reshape_is_left_alone():
     for rows in (0, 3):
         feeds = {"x": np.ones((rows, 4), np.float32)}
         assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
+
+
+def test_a_copied_dim_of_known_size_lets_reshapes_merge():
+    """Targets pinned while a size was symbolic keep 0s; once the size is inferred the 0 is that
+    size, and Reshape(Reshape(x)) merges (it refuses to merge past a copied dim)."""
+    model = model_of("""g (float[2,12] x) => (float[2,12,1] y)
+                        <int64[3] split = {2, 3, 4}, int64[3] back = {0, 12, 1}> {
+        r = Reshape (x, split)
+        y = Reshape (r, back)
+    }""")
+    out, _ = run_pipeline(model, ["fold-shapes"])
+    assert ops(out) == ["Reshape"], ops(out)
+    x = np.arange(24, dtype=np.float32).reshape(2, 12)
+    assert_matches(run_ort(model, {"x": x}), run_ort(out, {"x": x}), **FP32)
