@@ -120,7 +120,7 @@ def _branch(graph: gs.Graph, node: gs.Node) -> Branch | str:
     if _shared(graph, tensor):
         return "its weight has other readers"
     if weight.ndim != 2 or weight.size == 0:
-        return "its weight is not 2-D"
+        return "its weight is not a non-empty 2-D constant"
     if node.op == "MatMul":
         return Branch(node, weight, None, None)
     attrs = node.attrs
