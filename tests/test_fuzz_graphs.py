@@ -4,7 +4,7 @@ on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid
 Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
 two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
 Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
-from the input's own Shape, and more."""
+from the input's own Shape, parallel projections of one tensor (Q, K, V), and more."""
 
 from __future__ import annotations
 
@@ -174,6 +174,8 @@ def joined(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
 
 def slices(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     """Slice on one axis, then on another: one multi-axis Slice after fold-shapes."""
+    if len(shape) < 2:  # linear_rows may end on a flat [M*K]
+        return elementwise(b, x, shape)
     axes = b.draw(st.permutations(range(1, len(shape))))[:2] if len(shape) > 2 else [1]
     inner = None
     for axis in axes:
@@ -342,10 +344,35 @@ def shape_target(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple
     return b.emit("Reshape", [x, target], out_shape), out_shape
 
 
+def parallel(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Two or three MatMuls reading x with their own weights [C, Ni] (attention's Q, K, V),
+    each with a bias Add or not, joined by a Concat on the last axis in any order; a branch
+    may also be a graph output: fold-shapes merges them into one MatMul and a Split."""
+    if len(shape) < 3:
+        return linear(b, x, shape)
+    c, count = shape[-1], b.draw(st.integers(2, 3))
+    biased = b.draw(st.sampled_from(["all", "none", "some"]))
+    branches = []
+    for index in range(count):
+        n = b.draw(st.integers(1, 5))
+        w = b.const("w", _normal(b, (c, n), 1 / np.sqrt(c)))
+        y = b.emit("MatMul", [x, w], (*shape[:-1], n), private=True, tag=True)
+        if biased == "all" or (biased == "some" and index == 0):
+            bias = b.const("bias", _normal(b, (n,)))
+            y = b.emit("Add", [bias, y] if b.draw(st.booleans()) else [y, bias],
+                       (*shape[:-1], n), private=True)
+        if b.draw(st.integers(0, 3)) == 0:
+            b.outputs.append(y)
+        branches.append((y, n))
+    order = b.draw(st.permutations(range(count)))
+    out_shape = (*shape[:-1], sum(n for _, n in branches))
+    return b.emit("Concat", [branches[i][0] for i in order], out_shape, axis=-1), out_shape
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
          "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
-         "shape_target": shape_target}
+         "shape_target": shape_target, "parallel": parallel}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

@@ -1,6 +1,7 @@
 """Shape-aware folding: give tensors their inferred shapes, fold the shape arithmetic that makes
 constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand without copying weights,
-fuse a 2-D MatMul + bias Add into Gemm, and drop the reshapes around a Linear layer on 3-D."""
+fuse a 2-D MatMul + bias Add into Gemm, drop the reshapes around a Linear layer on 3-D, and
+merge parallel projections of one tensor (attention's Q, K, V) into one MatMul + Split."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
 from .linear_rows import linear_rows, reshape_past_linear
+from .merge_parallel_matmuls import merge_projections
 from .patterns import (
     adopt_outputs,
     const_array,
@@ -139,8 +141,9 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
     constant, drop no-ops (Identity, Dropout, same-type Cast, same-shape Reshape, x+0, ...)
     reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm, drop
-    the Reshapes around a Linear layer on [B, N, C] (leaving MatMul + Add);
-    refuses to bypass a graph output fed by an input or constant."""
+    the Reshapes around a Linear layer on [B, N, C] (leaving MatMul + Add), merge MatMuls
+    reading one tensor with their own constant weights into one MatMul + Split; refuses to
+    bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: rounds until none
     # folds anything.
@@ -160,6 +163,8 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     linear_rows(graph, report)  # the Reshape -> Gemm -> Reshape that fusing MatMul + Add made
     reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
+    # After CSE, which can make two projections read the very same tensor.
+    merge_projections(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
