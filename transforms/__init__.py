@@ -28,7 +28,7 @@ TRANSFORMS: dict[str, TransformFn] = {}
 # What `deploy` expands to: the rewrites every deployment wants, in a safe order.
 DEPLOY_PIPELINE: tuple[str, ...] = ("fuse-conv-bn", "absorb-const", "fold-shapes", "cleanup")
 _NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine", "bn_neighbours",
-                  "slices", "linear_rows", "reshape_targets"}
+                  "slices", "linear_rows", "reshape_targets", "gathers"}
 
 
 def transform(name: str) -> Callable[[TransformFn], TransformFn]:

@@ -19,6 +19,7 @@ from .cleanup import (
 )
 from .cse import merge_duplicates
 from .dtypes import as_dtype
+from .gathers import concat_gathers, unsqueezed_gathers, whole_gather
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
@@ -118,6 +119,7 @@ NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
     "Transpose": _first(_identity_perm),
     "Pad": _first(_zero_pads),
     "Slice": _first(_whole_slice),
+    "Gather": _first(whole_gather),
     "Concat": _first(lambda node: len(node.inputs) == 1),
     "Split": _first(lambda node: len(node.outputs) == 1),  # one piece: the whole input
     "Add": _unit_operand(0, (1, 0)),
@@ -138,8 +140,10 @@ MAX_ROUNDS = 32
 def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> TransformReport:
     """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
     constant, drop no-ops (Identity, Dropout, same-type Cast, same-shape Reshape, x+0, ...)
-    reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm, drop
-    the Reshapes around a Linear layer on [B, N, C] (leaving MatMul + Add);
+    reusing the weights, re-cut constant-index Gathers (Unsqueeze(Gather(x, i)) is
+    Gather(x, [i]); a Concat of Gathers of x is one), merge Reshape/Transpose pairs, fuse 2-D
+    MatMul+Add into Gemm, drop the Reshapes around a Linear layer on [B, N, C] (leaving
+    MatMul + Add);
     refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: rounds until none
@@ -160,6 +164,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     linear_rows(graph, report)  # the Reshape -> Gemm -> Reshape that fusing MatMul + Add made
     reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
+    _gathers_after_merging(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))
@@ -180,10 +185,22 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
 
 
+def _gathers_after_merging(graph: gs.Graph, report: TransformReport) -> None:
+    """Gathers of one Shape that CSE has just made one (each level read its own Shape):
+    join them, drop a whole-tensor Gather, and merge what that made equal."""
+    before = len(report.rewritten)
+    concat_gathers(graph, report)
+    if len(report.rewritten) != before:
+        remove_no_ops(graph, report)
+        merge_duplicates(graph, report)
+
+
 def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
     merge_slices(graph, report)
+    unsqueezed_gathers(graph, report)
+    concat_gathers(graph, report)
     remove_no_ops(graph, report)
 
 
@@ -227,7 +244,8 @@ def merge_transposes(graph: gs.Graph, report: TransformReport) -> None:
 
 
 # Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
-_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice"})
+_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice",
+                          "Gather"})
 _UNIT_OPS = frozenset({"Add", "Sub", "Mul", "Div"})  # x+0, x*1, ... with a constant operand
 
 
