@@ -4,7 +4,8 @@ on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid
 Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
 two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
 Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
-from the input's own Shape, a Concat of Gathers along their axis, and more."""
+from the input's own Shape, a Concat of Gathers along their axis,
+Squeeze -> Unsqueeze of one unit axis, and more."""
 
 from __future__ import annotations
 
@@ -379,10 +380,26 @@ def gathers(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     return b.emit("Concat", pieces, new_shape, tag=True, axis=signed(axis, len(shape))), new_shape
 
 
+def squeeze_pair(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Unsqueeze(x, a) -> Squeeze(a) -> Unsqueeze(a) (axes signed at random): the last two
+    undo each other and go in fold-shapes."""
+    rank = len(shape) + 1
+    axis = b.draw(st.integers(1, rank - 1))
+    wide = (*shape[:axis], 1, *shape[axis:])
+
+    def axes() -> str:
+        return b.const_int("sq", [axis - rank if b.draw(st.booleans()) else axis])
+
+    u = b.emit("Unsqueeze", [x, axes()], wide, private=True)
+    s = b.emit("Squeeze", [u, axes()], shape, private=True, tag=True)
+    return b.emit("Unsqueeze", [s, axes()], wide, tag=True), wide
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
          "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
-         "shape_target": shape_target, "gathers": gathers}
+         "shape_target": shape_target, "gathers": gathers,
+         "squeeze_pair": squeeze_pair}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

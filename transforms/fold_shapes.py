@@ -38,7 +38,7 @@ from .patterns import (
 from .report import TransformReport, label
 from .reshape_targets import pin_reshape_targets
 from .slices import merge_slices
-from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
+from .unit_dims import reshapes_before_transposes, squeezes_undone, transposes_as_reshapes
 
 
 def _same_static_shape(node: gs.Node) -> bool:
@@ -201,6 +201,7 @@ def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_slices(graph, report)
     unsqueezed_gathers(graph, report)
     concat_gathers(graph, report)
+    squeezes_undone(graph, report)
     remove_no_ops(graph, report)
 
 
@@ -245,7 +246,7 @@ def merge_transposes(graph: gs.Graph, report: TransformReport) -> None:
 
 # Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
 _SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice",
-                          "Gather"})
+                          "Gather", "Squeeze"})
 _UNIT_OPS = frozenset({"Add", "Sub", "Mul", "Div"})  # x+0, x*1, ... with a constant operand
 
 

@@ -10,6 +10,7 @@ import onnx_graphsurgeon as gs
 
 from .patterns import (
     adopt_outputs,
+    axes_of,
     const_array,
     detach,
     is_graph_output,
@@ -32,14 +33,6 @@ def _same_axis(a: int, b: int, rank: int | None) -> bool:
     return rank is not None and a % rank == b % rank
 
 
-def _unsqueeze_axes(node: gs.Node) -> np.ndarray | None:
-    """The axes of an Unsqueeze: its second input from opset 13, else its attribute."""
-    if len(node.inputs) > 1:
-        return const_array(node.inputs[1])
-    axes = node.attrs.get("axes")
-    return None if axes is None else np.asarray(axes, np.int64)
-
-
 def _gather_axis(node: gs.Node) -> int:
     return int(node.attrs.get("axis", 0))
 
@@ -53,7 +46,7 @@ def _unsqueezed_index(unsqueeze: gs.Node, graph: gs.Graph) -> gs.Node | None:
     result = gather.outputs[0]
     if len(result.outputs) != 1 or is_graph_output(graph, result):
         return None
-    index, axes = const_array(gather.inputs[1]), _unsqueeze_axes(unsqueeze)
+    index, axes = const_array(gather.inputs[1]), axes_of(unsqueeze)
     if index is None or index.ndim != 0 or axes is None or axes.size != 1:
         return None
     return gather if _same_axis(_gather_axis(gather), int(axes.reshape(-1)[0]),

@@ -1,6 +1,7 @@
 """Transposes that only move size-1 dims are Reshapes; a splitting Reshape between two
 Transposes moves before them. Both leave Reshape/Transpose pairs that fold-shapes then merges
-(ViT's attention, EfficientViT's windows)."""
+(ViT's attention, EfficientViT's windows). An Unsqueeze that restores the size-1 dims a Squeeze
+just dropped undoes it (detectors' Split -> Squeeze -> Unsqueeze)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .cleanup import static_shape
-from .patterns import const_array, detach, name_maker, nodes_of, only_consumer, producer
+from .patterns import (
+    axes_of,
+    const_array,
+    detach,
+    is_graph_output,
+    name_maker,
+    nodes_of,
+    only_consumer,
+    producer,
+    replace_uses,
+)
 from .report import TransformReport
 
 
@@ -107,3 +118,49 @@ def _split_groups(perm, mid: tuple[int, ...], out: tuple[int, ...]) -> dict[int,
             return None
         groups[axis] = members
     return groups if next(positions, None) is None else None
+
+
+def _undone_squeeze(unsqueeze: gs.Node, graph: gs.Graph) -> gs.Node | None:
+    """The Squeeze whose dropped axes, each of static size 1, this Unsqueeze restores (axes
+    compared at the one rank both name: the Squeeze's input's); it has no other reader."""
+    squeeze = producer(unsqueeze.inputs[0], op="Squeeze") if unsqueeze.inputs else None
+    if squeeze is None or only_consumer(squeeze.outputs[0], graph) is not unsqueeze:
+        return None
+    shape = squeeze.inputs[0].shape
+    dropped, restored = axes_of(squeeze), axes_of(unsqueeze)
+    if shape is None or dropped is None or restored is None or dropped.size == 0:
+        return None
+    rank = len(shape)
+    if not all(-rank <= int(a) < rank for a in (*dropped.reshape(-1), *restored.reshape(-1))):
+        return None
+    dropped, restored = sorted(int(a) % rank for a in dropped.reshape(-1)), \
+        sorted(int(a) % rank for a in restored.reshape(-1))
+    if dropped != restored or any(shape[a] != 1 for a in dropped):
+        return None
+    return squeeze
+
+
+def squeezes_undone(graph: gs.Graph, report: TransformReport) -> None:
+    """Unsqueeze(Squeeze(x, axes A), axes A) -> x when every axis in A is statically 1 in x and
+    the Squeeze has no other reader; refuses when the Unsqueeze writes a graph output that x,
+    a graph input, output or constant, cannot be renamed to."""
+    for unsqueeze in nodes_of(graph, "Unsqueeze"):
+        if (squeeze := _undone_squeeze(unsqueeze, graph)) is None:
+            continue
+        source, result = squeeze.inputs[0], unsqueeze.outputs[0]
+        writer = producer(source)
+        if is_graph_output(graph, result) and (writer is None or is_graph_output(graph, source)
+                                               or any(t is source for t in graph.inputs)):
+            report.skip(unsqueeze, "its output is a graph output fed by an input, constant or "
+                        "other output")
+            continue
+        detach(unsqueeze)
+        detach(squeeze)
+        if is_graph_output(graph, result):  # x's writer writes the output, its name kept
+            replace_uses(source, result)
+            index = next(i for i, t in enumerate(writer.outputs) if t is source)
+            writer.outputs[index] = result
+        else:
+            replace_uses(result, source)
+        report.rewrote(squeeze)
+        report.rewrote(unsqueeze)
