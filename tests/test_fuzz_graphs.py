@@ -5,7 +5,7 @@ Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-
 two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
 Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
 from the input's own Shape, a Concat of Gathers along their axis,
-Squeeze -> Unsqueeze of one unit axis, and more."""
+Squeeze -> Unsqueeze of one unit axis, Flatten -> Reshape, and more."""
 
 from __future__ import annotations
 
@@ -395,11 +395,26 @@ def squeeze_pair(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple
     return b.emit("Unsqueeze", [s, axes()], wide, tag=True), wide
 
 
+def flatten_reshape(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Flatten (axis 1 under a symbolic batch, any axis else) then a Reshape to [rows or 0,
+    (1,) cols or -1]: one Reshape after fold-shapes."""
+    axis = 1 if b.symbolic else b.draw(st.integers(0, len(shape)))
+    rows, cols = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:]))
+    signed = axis - len(shape) if axis and b.draw(st.booleans()) else axis
+    flat = b.emit("Flatten", [x], (rows, cols), private=True, tag=True, axis=signed)
+    first = 0 if axis == 1 and (b.symbolic or b.draw(st.booleans())) else rows
+    middle = [1] if b.draw(st.booleans()) else []
+    last = -1 if first and b.draw(st.booleans()) else cols
+    out_shape = (rows, *middle, cols)
+    return b.emit("Reshape", [flat, b.const_int("fr", [first, *middle, last])], out_shape), \
+        out_shape
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
          "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
          "shape_target": shape_target, "gathers": gathers,
-         "squeeze_pair": squeeze_pair}
+         "squeeze_pair": squeeze_pair, "flatten_reshape": flatten_reshape}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

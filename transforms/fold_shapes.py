@@ -38,7 +38,13 @@ from .patterns import (
 from .report import TransformReport, label
 from .reshape_targets import pin_reshape_targets
 from .slices import merge_slices
-from .unit_dims import reshapes_before_transposes, squeezes_undone, transposes_as_reshapes
+from .unit_dims import (
+    copies_through,
+    flattens_as_reshapes,
+    reshapes_before_transposes,
+    squeezes_undone,
+    transposes_as_reshapes,
+)
 
 
 def _same_static_shape(node: gs.Node) -> bool:
@@ -180,6 +186,7 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     # After the bypass: a zero Pad can sit inside these Transpose patterns.
     reshapes_before_transposes(graph, report)
     transposes_as_reshapes(graph, report)
+    flattens_as_reshapes(graph, report)
     linear_rows(graph, report)
     _merge_and_bypass(graph, report)
     drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
@@ -213,7 +220,8 @@ def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None
 
 def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
     """Reshape(Reshape(x, a), b) -> Reshape(x, b) when the inner result has no other reader
-    and `b` is a constant that copies no dim from it (no 0, or allowzero=1)."""
+    and `b` is a constant that copies no dim from it (no 0, or allowzero=1) but those `a`
+    copied from x (a 0 in both at that position)."""
     for outer in nodes_of(graph, "Reshape"):
         if len(outer.inputs) < 2:
             continue  # bypassed as a no-op
@@ -221,7 +229,7 @@ def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
         target = const_array(outer.inputs[1]) if len(outer.inputs) > 1 else None
         if inner is None or target is None or only_consumer(inner.outputs[0], graph) is None:
             continue
-        if np.any(target == 0) and not outer.attrs.get("allowzero", 0):
+        if not outer.attrs.get("allowzero", 0) and not copies_through(target, inner):
             continue
         outer.inputs[0] = inner.inputs[0]
         detach(inner)
