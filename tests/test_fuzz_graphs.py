@@ -4,7 +4,9 @@ on either side, Gemm/MatMul, Relu, Concat, shared weights and intermediates, mid
 Constant nodes, a symbolic batch, opsets 13-21; and the shapes fold-shapes/fuse-conv-bn rewrite:
 two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + flatten,
 Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
-from the input's own Shape, parallel projections of one tensor (Q, K, V), and more."""
+from the input's own Shape, parallel projections of one tensor (Q, K, V), a Concat
+of Gathers along their axis, Squeeze -> Unsqueeze of one unit axis, Flatten -> Reshape,
+and more."""
 
 from __future__ import annotations
 
@@ -174,7 +176,7 @@ def joined(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
 
 def slices(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     """Slice on one axis, then on another: one multi-axis Slice after fold-shapes."""
-    if len(shape) < 2:  # linear_rows may end on a flat [M*K]
+    if len(shape) < 2:  # a rank-1 value (linear_rows can flatten): no axis past the batch
         return elementwise(b, x, shape)
     axes = b.draw(st.permutations(range(1, len(shape))))[:2] if len(shape) > 2 else [1]
     inner = None
@@ -369,10 +371,76 @@ def parallel(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
     return b.emit("Concat", [branches[i][0] for i in order], out_shape, axis=-1), out_shape
 
 
+def gathers(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Concat along axis a of pieces of x taken along a: Gather of a 1-D index list or
+    Unsqueeze(Gather of a scalar index), indices int32/int64 and maybe negative, axes signed
+    at random: one Gather after fold-shapes (x itself when every index comes once, in order)."""
+    if len(shape) < 2:
+        return elementwise(b, x, shape)
+    axis = b.draw(st.integers(1, len(shape) - 1))
+    size, pieces, taken = shape[axis], [], 0
+
+    def signed(a: int, rank: int) -> int:
+        return a - rank if b.draw(st.booleans()) else a
+
+    for _ in range(b.draw(st.integers(2, 4))):
+        picked = [b.draw(st.integers(0, size - 1)) for _ in range(b.draw(st.integers(1, 3)))]
+        picked = [i - size if b.draw(st.booleans()) else i for i in picked]
+        dtype = b.draw(st.sampled_from([np.int64, np.int32]))
+        index = b.fresh("gi")
+        scalar = len(picked) == 1 and b.draw(st.booleans())
+        value = np.asarray(picked[0] if scalar else picked, dtype)
+        b.inits.append(numpy_helper.from_array(value, index))
+        piece_shape = (*shape[:axis], len(picked), *shape[axis + 1:])
+        if scalar:
+            dropped = (*shape[:axis], *shape[axis + 1:])
+            g = b.emit("Gather", [x, index], dropped, private=True, axis=signed(axis, len(shape)))
+            axes = b.const_int("ua", [signed(axis, len(shape))])
+            piece = b.emit("Unsqueeze", [g, axes], piece_shape, private=True, tag=True)
+        else:
+            piece = b.emit("Gather", [x, index], piece_shape, private=True,
+                           axis=signed(axis, len(shape)))
+        pieces.append(piece)
+        taken += len(picked)
+    new_shape = (*shape[:axis], taken, *shape[axis + 1:])
+    return b.emit("Concat", pieces, new_shape, tag=True, axis=signed(axis, len(shape))), new_shape
+
+
+def squeeze_pair(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Unsqueeze(x, a) -> Squeeze(a) -> Unsqueeze(a) (axes signed at random): the last two
+    undo each other and go in fold-shapes."""
+    rank = len(shape) + 1
+    axis = b.draw(st.integers(1, rank - 1))
+    wide = (*shape[:axis], 1, *shape[axis:])
+
+    def axes() -> str:
+        return b.const_int("sq", [axis - rank if b.draw(st.booleans()) else axis])
+
+    u = b.emit("Unsqueeze", [x, axes()], wide, private=True)
+    s = b.emit("Squeeze", [u, axes()], shape, private=True, tag=True)
+    return b.emit("Unsqueeze", [s, axes()], wide, tag=True), wide
+
+
+def flatten_reshape(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """Flatten (axis 1 under a symbolic batch, any axis else) then a Reshape to [rows or 0,
+    (1,) cols or -1]: one Reshape after fold-shapes."""
+    axis = 1 if b.symbolic else b.draw(st.integers(0, len(shape)))
+    rows, cols = int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:]))
+    signed = axis - len(shape) if axis and b.draw(st.booleans()) else axis
+    flat = b.emit("Flatten", [x], (rows, cols), private=True, tag=True, axis=signed)
+    first = 0 if axis == 1 and (b.symbolic or b.draw(st.booleans())) else rows
+    middle = [1] if b.draw(st.booleans()) else []
+    last = -1 if first and b.draw(st.booleans()) else cols
+    out_shape = (rows, *middle, cols)
+    return b.emit("Reshape", [flat, b.const_int("fr", [first, *middle, last])], out_shape), \
+        out_shape
+
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
          "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
-         "shape_target": shape_target, "parallel": parallel}
+         "shape_target": shape_target, "parallel": parallel, "gathers": gathers,
+         "squeeze_pair": squeeze_pair, "flatten_reshape": flatten_reshape}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

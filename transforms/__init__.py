@@ -30,7 +30,7 @@ TRANSFORMS: dict[str, TransformFn] = {}
 # weight, a frozen BN's scale) that only folding makes constant.
 DEPLOY_PIPELINE: tuple[str, ...] = ("fold-shapes", "fuse-conv-bn", "absorb-const", "cleanup")
 _NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine", "bn_neighbours",
-                  "slices", "linear_rows", "reshape_targets"}
+                  "slices", "linear_rows", "reshape_targets", "gathers"}
 
 
 def transform(name: str) -> Callable[[TransformFn], TransformFn]:

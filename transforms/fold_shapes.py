@@ -20,6 +20,7 @@ from .cleanup import (
 )
 from .cse import merge_duplicates
 from .dtypes import as_dtype
+from .gathers import concat_gathers, unsqueezed_gathers, whole_gather
 from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
@@ -39,7 +40,13 @@ from .patterns import (
 from .report import TransformReport, label
 from .reshape_targets import pin_reshape_targets, static_copied_dims
 from .slices import merge_slices
-from .unit_dims import reshapes_before_transposes, transposes_as_reshapes
+from .unit_dims import (
+    copies_through,
+    flattens_as_reshapes,
+    reshapes_before_transposes,
+    squeezes_undone,
+    transposes_as_reshapes,
+)
 
 
 def _same_static_shape(node: gs.Node) -> bool:
@@ -120,6 +127,7 @@ NO_OPS: dict[str, Callable[[gs.Node], int | None]] = {
     "Transpose": _first(_identity_perm),
     "Pad": _first(_zero_pads),
     "Slice": _first(_whole_slice),
+    "Gather": _first(whole_gather),
     "Concat": _first(lambda node: len(node.inputs) == 1),
     "Split": _first(lambda node: len(node.outputs) == 1),  # one piece: the whole input
     "Add": _unit_operand(0, (1, 0)),
@@ -140,10 +148,11 @@ MAX_ROUNDS = 32
 def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> TransformReport:
     """Infer shapes (symbolic dims kept), fold Shape/Gather/Concat/... arithmetic they make
     constant, drop no-ops (Identity, Dropout, same-type Cast, same-shape Reshape, x+0, ...)
-    reusing the weights, merge Reshape/Transpose pairs, fuse 2-D MatMul+Add into Gemm, drop
-    the Reshapes around a Linear layer on [B, N, C] (leaving MatMul + Add), merge MatMuls
-    reading one tensor with their own constant weights into one MatMul + Split; refuses to
-    bypass a graph output fed by an input or constant."""
+    reusing the weights, re-cut constant-index Gathers (Unsqueeze(Gather(x, i)) is
+    Gather(x, [i]); a Concat of Gathers of x is one), merge Reshape/Transpose pairs, fuse 2-D
+    MatMul+Add into Gemm, drop the Reshapes around a Linear layer on [B, N, C] (leaving
+    MatMul + Add), merge MatMuls reading one tensor with their own constant weights into one
+    MatMul + Split; refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: rounds until none
     # folds anything.
@@ -163,6 +172,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     linear_rows(graph, report)  # the Reshape -> Gemm -> Reshape that fusing MatMul + Add made
     reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
+    _gathers_after_merging(graph, report)
     # After CSE, which can make two projections read the very same tensor.
     merge_projections(graph, report)
     if report.rewritten:
@@ -180,9 +190,20 @@ def _rewrite_static(graph: gs.Graph, report: TransformReport) -> None:
     # After the bypass: a zero Pad can sit inside these Transpose patterns.
     reshapes_before_transposes(graph, report)
     transposes_as_reshapes(graph, report)
+    flattens_as_reshapes(graph, report)
     linear_rows(graph, report)
     _merge_and_bypass(graph, report)
     drop_dead(graph)  # the bypassed nodes, so may_fold sees only live ones
+
+
+def _gathers_after_merging(graph: gs.Graph, report: TransformReport) -> None:
+    """Gathers of one Shape that CSE has just made one (each level read its own Shape):
+    join them, drop a whole-tensor Gather, and merge what that made equal."""
+    before = len(report.rewritten)
+    concat_gathers(graph, report)
+    if len(report.rewritten) != before:
+        remove_no_ops(graph, report)
+        merge_duplicates(graph, report)
 
 
 def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
@@ -190,6 +211,9 @@ def _merge_and_bypass(graph: gs.Graph, report: TransformReport) -> None:
     merge_reshapes(graph, report)
     merge_transposes(graph, report)
     merge_slices(graph, report)
+    unsqueezed_gathers(graph, report)
+    concat_gathers(graph, report)
+    squeezes_undone(graph, report)
     remove_no_ops(graph, report)
 
 
@@ -201,7 +225,8 @@ def _fold_counting(graph: gs.Graph, limit: int, report: TransformReport) -> None
 
 def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
     """Reshape(Reshape(x, a), b) -> Reshape(x, b) when the inner result has no other reader
-    and `b` is a constant that copies no dim from it (no 0, or allowzero=1)."""
+    and `b` is a constant that copies no dim from it (no 0, or allowzero=1) but those `a`
+    copied from x (a 0 in both at that position)."""
     for outer in nodes_of(graph, "Reshape"):
         if len(outer.inputs) < 2:
             continue  # bypassed as a no-op
@@ -209,7 +234,7 @@ def merge_reshapes(graph: gs.Graph, report: TransformReport) -> None:
         target = const_array(outer.inputs[1]) if len(outer.inputs) > 1 else None
         if inner is None or target is None or only_consumer(inner.outputs[0], graph) is None:
             continue
-        if np.any(target == 0) and not outer.attrs.get("allowzero", 0):
+        if not outer.attrs.get("allowzero", 0) and not copies_through(target, inner):
             continue
         outer.inputs[0] = inner.inputs[0]
         detach(inner)
@@ -233,7 +258,8 @@ def merge_transposes(graph: gs.Graph, report: TransformReport) -> None:
 
 
 # Ops whose folding or rewriting here depends on a shape or dtype that inference may supply.
-_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice"})
+_SHAPE_USERS = frozenset({"Shape", "Size", "Reshape", "Expand", "Cast", "MatMul", "Slice",
+                          "Gather", "Squeeze"})
 _UNIT_OPS = frozenset({"Add", "Sub", "Mul", "Div"})  # x+0, x*1, ... with a constant operand
 
 

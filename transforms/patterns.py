@@ -73,6 +73,15 @@ def const_array(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
+def axes_of(node: gs.Node) -> np.ndarray | None:
+    """The constant axes of a Squeeze/Unsqueeze/Reduce*: its second input from opset 13 (18
+    for reductions), else its attribute; None when absent or not constant."""
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        return const_array(node.inputs[1])
+    axes = node.attrs.get("axes")
+    return None if axes is None else np.asarray(axes, np.int64)
+
+
 def contiguous(array: object) -> np.ndarray:
     """`array` in C order with its rank kept (np.ascontiguousarray makes a 0-d array 1-d)."""
     return np.asarray(array, order="C")
