@@ -1,4 +1,4 @@
-"""deploy with and without fold-shapes' merge of parallel projections (Q, K, V as one MatMul +
+"""deploy with and without its merge of parallel projections (Q, K, V as one MatMul +
 Split) on exported models (bench/onnx_peers.py): nodes, max abs diff against the
 export (ORT optimizations off) and onnxruntime CPU latency (ORT_ENABLE_ALL, 1 thread): medians
 and the median of per-round ratios, the two variants run back to back in alternating order."""
@@ -19,17 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.peer_models import DIMS
 from tm2onnx.runtime import make_session, random_feeds
-from tm2onnx.transforms import fold_shapes, run_pipeline
+from tm2onnx.transforms import DEPLOY_PIPELINE, run_pipeline
 
 
 def deployed(model: onnx.ModelProto, merge: bool) -> onnx.ModelProto:
-    real = fold_shapes.merge_projections
-    if not merge:
-        fold_shapes.merge_projections = lambda graph, report: None
-    try:
-        return run_pipeline(model, ["deploy"])[0]
-    finally:
-        fold_shapes.merge_projections = real
+    steps = [s for s in DEPLOY_PIPELINE if merge or s != "merge-parallel-matmuls"]
+    return run_pipeline(model, steps)[0]
 
 
 def max_abs_diff(reference: list, model: onnx.ModelProto, feeds: dict) -> float:

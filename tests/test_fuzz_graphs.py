@@ -6,7 +6,7 @@ two one-axis Slices, x+0 / x*1, BN before an unpadded Conv or behind a MatMul + 
 Reshape -> Gemm/MatMul(+Add) -> Reshape around a Linear layer on 3-D, a Reshape target read
 from the input's own Shape, parallel projections of one tensor (Q, K, V), a Concat
 of Gathers along their axis, Squeeze -> Unsqueeze of one unit axis, Flatten -> Reshape,
-and more."""
+a scaled projection (MatMul + bias, maybe split into heads, then a constant), and more."""
 
 from __future__ import annotations
 
@@ -436,11 +436,45 @@ def flatten_reshape(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tu
         out_shape
 
 
+
+def scaled_projection(b: Builder, x: str, shape: tuple[int, ...]) -> tuple[str, tuple]:
+    """MatMul [C, N] + bias Add (either order) on [B, ..., C], maybe split into two heads
+    (Reshape with copied leading dims -> Transpose), then Mul/Div/Add/Sub by a constant: one
+    value (rank up to the tensor's) after the heads split, per channel without it (Whisper's
+    and DETR's query scale): absorb-const folds it into the weights and the bias."""
+    if len(shape) < 2:
+        return elementwise(b, x, shape)
+    c, n = shape[-1], b.draw(st.sampled_from([2, 4, 6]))
+    w = b.const("w", _normal(b, (c, n), 1 / np.sqrt(c)), False)
+    y_shape = (*shape[:-1], n)
+    m = b.emit("MatMul", [x, w], y_shape, private=True)
+    bias = b.const("bias", _normal(b, (n,)), False)
+    y = b.emit("Add", [m, bias] if b.draw(st.booleans()) else [bias, m], y_shape, private=True)
+    if b.draw(st.booleans()):
+        split = (*shape[:-1], 2, n // 2)
+        target = b.const_int("heads", [0] * (len(shape) - 1) + [2, n // 2])
+        r = b.emit("Reshape", [y, target], split, private=True)
+        perm = list(range(len(split)))
+        perm[-3], perm[-2] = perm[-2], perm[-3]
+        y_shape = tuple(split[p] for p in perm)
+        y = b.emit("Transpose", [r], y_shape, private=True, perm=perm)
+        c_shape = b.draw(st.sampled_from([(), (1,), (1,) * len(y_shape)]))
+    else:
+        c_shape = b.draw(st.sampled_from([(), (n,), (1,) * (len(y_shape) - 1) + (n,)]))
+    op = b.draw(st.sampled_from(["Mul", "Div", "Add", "Sub"]))
+    value = _normal(b, c_shape)
+    if op == "Div":
+        value = np.where(np.abs(value) < 0.25, 0.5, value)  # no divisor near zero
+    k = b.const("s", value, False)
+    inputs = [y, k] if op == "Div" or b.draw(st.booleans()) else [k, y]
+    return b.emit(op, inputs, y_shape, tag=True), y_shape
+
 # The rewrites of fold-shapes and fuse-conv-bn these steps make (tests count them).
 STEPS = {"slices": slices, "unit": unit, "bn_then_conv": bn_then_conv, "bn_alone": bn_alone,
          "matmul_flatten_bn": matmul_flatten_bn, "linear_rows": linear_rows,
          "shape_target": shape_target, "parallel": parallel, "gathers": gathers,
-         "squeeze_pair": squeeze_pair, "flatten_reshape": flatten_reshape}
+         "squeeze_pair": squeeze_pair, "flatten_reshape": flatten_reshape,
+         "scaled_projection": scaled_projection}
 
 
 def _model(b: Builder, rank: int, opset: int, with_shapes: bool) -> onnx.ModelProto:

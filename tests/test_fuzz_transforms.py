@@ -82,8 +82,9 @@ def test_generator_makes_valid_runnable_graphs(model):
 FORCED = [("slices", "fold-shapes"), ("unit", "fold-shapes"), ("bn_then_conv", "fuse-conv-bn"),
           ("matmul_flatten_bn", "fuse-conv-bn"), ("bn_alone", "fuse-conv-bn"),
           ("linear_rows", "fold-shapes"), ("shape_target", "fold-shapes"),
-          ("parallel", "fold-shapes"), ("gathers", "fold-shapes"), ("squeeze_pair", "fold-shapes"),
-          ("flatten_reshape", "fold-shapes")]
+          ("parallel", "merge-parallel-matmuls"), ("gathers", "fold-shapes"),
+          ("squeeze_pair", "fold-shapes"), ("flatten_reshape", "fold-shapes"),
+          ("scaled_projection", "absorb-const")]
 FORCED_EXAMPLES = max(12, EXAMPLES // 2)
 MIN_SHARE = 0.6  # of the examples where the pattern was built, how many must be rewritten
 

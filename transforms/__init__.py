@@ -27,8 +27,10 @@ StepCallback = Callable[[str, onnx.ModelProto, onnx.ModelProto, TransformReport]
 TRANSFORMS: dict[str, TransformFn] = {}
 # What `deploy` expands to: the rewrites every deployment wants, in a safe order. Folding first:
 # the Conv fusions need constant operands, and exporters compute some (Identity of a shared
-# weight, a frozen BN's scale) that only folding makes constant.
-DEPLOY_PIPELINE: tuple[str, ...] = ("fold-shapes", "fuse-conv-bn", "absorb-const", "cleanup")
+# weight, a frozen BN's scale) that only folding makes constant. Projections merge after
+# absorb-const, which folds a scale on one of them (attention's q * d**-0.5) into its weights.
+DEPLOY_PIPELINE: tuple[str, ...] = ("fold-shapes", "fuse-conv-bn", "absorb-const",
+                                    "merge-parallel-matmuls", "cleanup")
 _NOT_TRANSFORMS = {"report", "patterns", "graphio", "graphops", "affine", "bn_neighbours",
                   "slices", "linear_rows", "reshape_targets", "gathers"}
 

@@ -25,7 +25,6 @@ from .graphio import infer_onto
 from .graphops import cleanup as drop_dead
 from .graphops import may_fold, toposort
 from .linear_rows import linear_rows, reshape_past_linear
-from .merge_parallel_matmuls import merge_projections
 from .patterns import (
     adopt_outputs,
     const_array,
@@ -151,8 +150,7 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     reusing the weights, re-cut constant-index Gathers (Unsqueeze(Gather(x, i)) is
     Gather(x, [i]); a Concat of Gathers of x is one), merge Reshape/Transpose pairs, fuse 2-D
     MatMul+Add into Gemm, drop the Reshapes around a Linear layer on [B, N, C] (leaving
-    MatMul + Add), merge MatMuls reading one tensor with their own constant weights into one
-    MatMul + Split; refuses to bypass a graph output fed by an input or constant."""
+    MatMul + Add); refuses to bypass a graph output fed by an input or constant."""
     report = TransformReport("fold-shapes", verb="removed")
     # Each fold can pin shapes that the next inference turns into constants: rounds until none
     # folds anything.
@@ -173,8 +171,6 @@ def fold_shapes(graph: gs.Graph, *, max_fold_bytes: int | None = None) -> Transf
     reshape_past_linear(graph, report)
     merge_duplicates(graph, report)
     _gathers_after_merging(graph, report)
-    # After CSE, which can make two projections read the very same tensor.
-    merge_projections(graph, report)
     if report.rewritten:
         report.rewritten += dedupe_constants(graph)
         toposort(drop_dead(graph))

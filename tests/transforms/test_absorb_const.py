@@ -140,3 +140,68 @@ def test_refuses_constant_that_adds_a_dimension(rng):
     reason = "constant shape (1, 1, 1, 1, 1) would broadcast the output to a higher rank"
     assert skipped == [("Mul->y", reason)]
     assert out.SerializeToString() == model.SerializeToString()
+
+
+def model_with_ints(rng: np.random.Generator, signature: str, body: str,
+                    consts: dict[str, tuple], ints: dict[str, list[int]]) -> onnx.ModelProto:
+    """model_from with int64 initializers (Reshape targets) beside the random float ones."""
+    texts = [init_text(name, rng.uniform(0.5, 2, shape).astype(np.float32))
+             for name, shape in consts.items()]
+    texts += [init_text(name, np.asarray(value, np.int64)) for name, value in ints.items()]
+    return parse_model(f"{HEADER}\n g {signature} <{', '.join(texts)}> {{ {body} }}")
+
+
+@pytest.mark.parametrize("body, consts", [
+    pytest.param("u = Add (b, t)\n y = Mul (u, c)", {"c": (6,)}, id="bias-first-then-scale"),
+    pytest.param("u = Add (t, b)\n y = Div (u, c)", {"c": ()}, id="scalar-divisor"),
+    pytest.param("u = Add (t, b)\n y = Sub (c, u)", {"c": (1, 1, 6)}, id="c-minus-x"),
+    pytest.param("u = Add (t, b)\n v = Mul (u, c)\n y = Add (v, a)", {"c": (6,), "a": (6,)},
+                 id="scale-then-shift"),
+])
+def test_scale_after_a_matmul_bias_add_folds_on_3d(rng, body, consts):
+    """Whisper's q_proj(x) * scaling: the bias Add of a MatMul on [B, N, C] takes b·s + t."""
+    model = model_from(rng, "(float[2,3,5] x) => (float[2,3,6] y)", f"t = MatMul (x, w)\n{body}",
+                       {"w": (5, 6), "b": (6,), **consts})
+    out, rewritten, _ = absorb(model)
+    assert ops(out) == ["MatMul", "Add"] and len(rewritten) == body.count("=") - 1
+    assert [o.name for o in out.graph.output] == ["y"]
+    assert_same_function(model, out, **FP32)
+
+
+HEAD_SPLIT = """t = MatMul (x, w)
+    u = Add (t, b)
+    r = Reshape (u, shape)
+    p = Transpose <perm=[0,2,1,3]> (r)"""
+HEAD_SPLIT_SIGNATURE = "(float[2,3,8] x) => (float[2,2,3,4] y)"
+
+
+@pytest.mark.parametrize("body, consts", [
+    pytest.param("y = Mul (p, c)", {"c": ()}, id="scalar"),
+    pytest.param("y = Mul (c, p)", {"c": (1, 1, 1, 1)}, id="rank-4-single-value"),
+    pytest.param("y = Add (p, c)", {"c": (1,)}, id="shift-into-bias"),
+])
+def test_single_value_scale_folds_through_layout_ops(rng, body, consts):
+    """DETR scales q and k after the head-split Reshape/Transpose: one value commutes with them."""
+    model = model_with_ints(rng, HEAD_SPLIT_SIGNATURE, f"{HEAD_SPLIT}\n{body}",
+                            {"w": (8, 8), "b": (8,), **consts}, {"shape": [2, 3, 2, 4]})
+    out, rewritten, _ = absorb(model)
+    assert ops(out) == ["MatMul", "Add", "Reshape", "Transpose"] and len(rewritten) == 1
+    assert [o.name for o in out.graph.output] == ["y"]
+    assert_same_function(model, out, **FP32)
+
+
+@pytest.mark.parametrize("body, consts, signature", [
+    pytest.param("y = Mul (p, c)", {"c": (4,)}, HEAD_SPLIT_SIGNATURE, id="per-channel-moved"),
+    pytest.param("y = Mul (p, c)", {"c": (1, 1, 1, 1, 1)},
+                 "(float[2,3,8] x) => (float[1,2,2,3,4] y)", id="raises-the-rank"),
+    pytest.param("q = Mul (p, c)\n p2 = Transpose <perm=[0,2,1,3]> (r)\n y = Add (q, p2)",
+                 {"c": ()}, HEAD_SPLIT_SIGNATURE, id="layout-output-read-twice"),
+])
+def test_layout_ops_between_keep_what_does_not_commute(rng, body, consts, signature):
+    """A per-channel constant after a Transpose, one that would raise the rank, and a layout
+    output someone else reads: the Mul stays."""
+    model = model_with_ints(rng, signature, f"{HEAD_SPLIT}\n{body}",
+                            {"w": (8, 8), "b": (8,), **consts}, {"shape": [2, 3, 2, 4]})
+    out, rewritten, _ = absorb(model)
+    assert not rewritten and "Mul" in ops(out)
+    assert_same_function(model, out, **FP32)

@@ -1,4 +1,4 @@
-"""merge-parallel-matmuls (also inside fold-shapes): MatMuls/Gemms reading one tensor with their
+"""merge-parallel-matmuls (also in deploy, after absorb-const): MatMuls/Gemms reading one tensor with their
 own constant weights become one MatMul on the concatenated weights and a Split (the bias Adds
 merge too when every branch has one); shared weights, another K and unknown ranks are refused.
 Tolerance: float32, tests.helpers.FP32 (a column of x @ [W1 W2] is the dot product of x @ W1)."""
@@ -25,9 +25,10 @@ def _weights(rng, *shapes: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def qkv(rng, *, opset: int = 17, biases: str = "", x_type: str = "float[B,5,8]",
-        share: bool = False) -> onnx.ModelProto:
+        share: bool = False, q_scale: bool = False) -> onnx.ModelProto:
     """x -> three projections q, k, v (graph outputs); `biases` names the branches that add a
-    bias; `share` makes q and k read one weight."""
+    bias; `share` makes q and k read one weight; `q_scale` multiplies q by 0.125 (Whisper's
+    q_proj(x) * head_dim**-0.5)."""
     wq, wk, wv = _weights(rng, (8, 4), (8, 4), (8, 6))
     bq, bk, bv = _weights(rng, (4,), (4,), (6,))
     lines = []
@@ -39,9 +40,13 @@ def qkv(rng, *, opset: int = 17, biases: str = "", x_type: str = "float[B,5,8]",
                          f"{name} = Add (m{name}, b{name})")
         else:
             lines.append(f"{name} = MatMul (x, {weight})")
+        if q_scale and name == "q":
+            lines[-1] = lines[-1].replace("q = ", "uq = ", 1)
+            lines.append("q = Mul (uq, scale)")
     body = "\n        ".join(lines)
     inits = ", ".join(init_text(n, a) for n, a in
-                      (("wq", wq), ("wk", wk), ("wv", wv), ("bq", bq), ("bk", bk), ("bv", bv)))
+                      (("wq", wq), ("wk", wk), ("wv", wv), ("bq", bq), ("bk", bk), ("bv", bv),
+                       *([("scale", np.float32(0.125))] if q_scale else [])))
     return parse_model(f"""<ir_version: 8, opset_import: ["" : {opset}]>
     g ({x_type} x) => (float[B,5,4] q, float[B,5,4] k, float[B,5,6] v) <{inits}> {{
         {body}
@@ -53,7 +58,7 @@ def _float_elements(model: onnx.ModelProto) -> int:
                if t.data_type == onnx.TensorProto.FLOAT)
 
 
-@pytest.mark.parametrize("name", ["merge-parallel-matmuls", "fold-shapes", "deploy"])
+@pytest.mark.parametrize("name", ["merge-parallel-matmuls", "deploy"])
 def test_qkv_becomes_one_matmul_and_a_split(rng, name):
     model = qkv(rng)
     out, reports = run_pipeline(model, [name])
@@ -65,7 +70,7 @@ def test_qkv_becomes_one_matmul_and_a_split(rng, name):
     assert_same_function(model, out, **FP32)
 
 
-@pytest.mark.parametrize("name", ["merge-parallel-matmuls", "fold-shapes", "deploy"])
+@pytest.mark.parametrize("name", ["merge-parallel-matmuls", "deploy"])
 def test_bias_adds_merge_when_every_branch_has_one(rng, name):
     """3 MatMul + 3 Add (one Add written bias-first) -> MatMul, Add, Split."""
     model = qkv(rng, biases="qkv")
@@ -73,6 +78,17 @@ def test_bias_adds_merge_when_every_branch_has_one(rng, name):
     assert ops(out) == ["MatMul", "Add", "Split"], [str(r) for r in reports]
     assert [o.name for o in out.graph.output] == ["q", "k", "v"]
     assert _float_elements(out) == _float_elements(model)  # moved, not copied
+    assert_same_function(model, out, **FP32)
+
+
+@pytest.mark.parametrize("biases", ["", "qv"])
+def test_deploy_folds_the_query_scale_before_merging(rng, biases):
+    """deploy runs absorb-const before the merge: q's scale goes into its weights (and bias),
+    then the three projections merge (Whisper-tiny 139 -> 135 nodes)."""
+    model = qkv(rng, biases=biases, q_scale=True)
+    out, reports = run_pipeline(model, ["deploy"])
+    assert "Mul" not in ops(out) and ops(out).count("MatMul") == 1, [str(r) for r in reports]
+    assert [o.name for o in out.graph.output] == ["q", "k", "v"]
     assert_same_function(model, out, **FP32)
 
 
