@@ -70,3 +70,12 @@ def optimized_ops(model: onnx.ModelProto, directory: Path) -> list[str]:
     options.log_severity_level = 3
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def selection_feeds(selected: int) -> dict[str, np.ndarray]:
+    """Nine boxes and their scores, `selected` of them above 0.5 (a seeded choice): feeds for
+    detector-like graphs whose sizes come from NonZero (0 selects none)."""
+    rng = np.random.default_rng(selected)
+    scores = np.zeros(9, np.float32)
+    scores[rng.choice(9, selected, replace=False)] = 0.9
+    return {"boxes": rng.normal(size=(9, 4)).astype(np.float32), "scores": scores}

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.helpers import FP32, assert_matches, ops, parse_model, run_ort
+from tests.helpers import FP32, assert_matches, ops, parse_model, run_ort, selection_feeds
 from tm2onnx.transforms import run_pipeline
 
 
@@ -94,13 +94,6 @@ def test_a_shape_rebuilt_from_its_dims_is_the_shape():
         assert_matches(run_ort(model, _x(shape)), run_ort(out, _x(shape)), **FP32)
 
 
-def _selection_feeds(selected: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(selected)
-    scores = np.zeros(9, np.float32)
-    scores[rng.choice(9, selected, replace=False)] = 0.9
-    return {"boxes": rng.normal(size=(9, 4)).astype(np.float32), "scores": scores}
-
-
 def test_data_dependent_dims_join_and_empty_selections_still_run():
     model = model_of("""g (float[A,4] boxes, float[A] scores) => (float[K,4] y)
                         <float thr = {0.5}, int64 zero = {0}, int64 one = {1}, int64[1] ax = {0},
@@ -120,7 +113,7 @@ def test_data_dependent_dims_join_and_empty_selections_still_run():
     out, details = _fold(model)
     assert "Concat" not in ops(out) and "Unsqueeze" not in ops(out), details
     for selected in (0, 1, 5):
-        feeds = _selection_feeds(selected)
+        feeds = selection_feeds(selected)
         assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from tests.helpers import FP32, assert_matches, ops, parse_model, run_ort
+from tests.helpers import FP32, assert_matches, ops, parse_model, run_ort, selection_feeds
 from tm2onnx.transforms import run_pipeline
 
 HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
@@ -39,13 +39,6 @@ DETECTOR_LIKE = """g (float[A,4] boxes, float[A] scores) => (float[K,2,2] y, flo
 }"""
 
 
-def _detector_feeds(selected: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(selected)
-    scores = np.zeros(9, np.float32)
-    scores[rng.choice(9, selected, replace=False)] = 0.9
-    return {"boxes": rng.normal(size=(9, 4)).astype(np.float32), "scores": scores}
-
-
 def test_data_dependent_targets_become_constants_and_the_chains_merge():
     model = model_of(DETECTOR_LIKE)
     out, _ = run_pipeline(model, ["deploy"])
@@ -55,7 +48,7 @@ def test_data_dependent_targets_become_constants_and_the_chains_merge():
                   if i.name == next(n for n in out.graph.node if n.op_type == "Reshape").input[1])
     assert onnx.numpy_helper.to_array(target).tolist() == [0, 2, 2]
     for selected in (0, 1, 5):  # none selected: 0 copies the empty dim, no division by it
-        feeds = _detector_feeds(selected)
+        feeds = selection_feeds(selected)
         assert_matches(run_ort(model, feeds), run_ort(out, feeds), **FP32)
 
 
