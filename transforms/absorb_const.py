@@ -52,8 +52,8 @@ def absorb_const(graph: gs.Graph) -> TransformReport:
         source = producer(reader.inputs[0] if chain else node.inputs[1 - index])
         if source is None:
             continue
-        if source.op == "Add" and _bias_of_linear(graph, source, rank) is not None:
-            plan = _plan_through_bias(graph, source, reader, node, index, c, rank, bool(chain))
+        if source.op == "Add" and (biased := _bias_of_linear(graph, source, rank)) is not None:
+            plan = _plan_through_bias(graph, biased, reader, node, index, c, bool(chain))
             if isinstance(plan, str):
                 report.skip(node, plan)
                 continue
@@ -135,8 +135,9 @@ def _plan(graph: gs.Graph, source: gs.Node, reader: gs.Node, node: gs.Node, inde
 
 
 def _bias_of_linear(graph: gs.Graph, add: gs.Node,
-                    rank: Callable[[gs.Tensor], int | None]) -> tuple[Linear, int, np.ndarray] | None:
-    """(the Linear, the constant's input index, its value) when `add` is the bias Add of a
+                    rank: Callable[[gs.Tensor], int | None]
+                    ) -> tuple[gs.Node, Linear, int, np.ndarray] | None:
+    """(add, the Linear, the constant's input index, its value) when `add` is the bias Add of a
     Conv/Gemm/MatMul whose weights may be rewritten and whose output only `add` reads."""
     operands = _split_operands(add)
     if operands is None:
@@ -148,17 +149,18 @@ def _bias_of_linear(graph: gs.Graph, add: gs.Node,
     lin = linear_of(graph, source, rank)
     if isinstance(lin, str) or not np.issubdtype(bias.dtype, np.floating):
         return None
-    return lin, index, bias
+    return add, lin, index, bias
 
 
-def _plan_through_bias(graph: gs.Graph, add: gs.Node, reader: gs.Node, node: gs.Node,
-                       index: int, c: np.ndarray, rank: Callable[[gs.Tensor], int | None],
-                       uniform: bool) -> tuple[Linear, np.ndarray, int, np.ndarray] | str:
-    """For `node` = affine(Add(linear(x), b)): the Linear, its scale s, and the bias Add's
-    new constant b·s + t (per channel, at the output's rank), or why it cannot fold."""
+def _plan_through_bias(graph: gs.Graph, biased: tuple[gs.Node, Linear, int, np.ndarray],
+                       reader: gs.Node, node: gs.Node, index: int, c: np.ndarray, uniform: bool
+                       ) -> tuple[Linear, np.ndarray, int, np.ndarray] | str:
+    """For `node` = affine(Add(linear(x), b)) (`biased` from _bias_of_linear): the Linear,
+    its scale s, and the bias Add's new constant b·s + t (per channel, at the output's rank),
+    or why it cannot fold."""
+    add, lin, bias_index, bias = biased
     if reason := sole_output_reason(graph, add, reader):
         return reason
-    lin, bias_index, bias = _bias_of_linear(graph, add, rank)
     if not np.issubdtype(c.dtype, np.floating):
         return f"constant is {c.dtype}, not floating point"
     vectors = [_scale_vector(c, lin, uniform), channel_vector(bias, lin)]

@@ -1,7 +1,6 @@
 """Shape-aware folding: give tensors their inferred shapes, fold the shape arithmetic that makes
 constant, drop no-op Identity/Dropout/Cast/Reshape/Transpose/Expand without copying weights,
-fuse a 2-D MatMul + bias Add into Gemm, drop the reshapes around a Linear layer on 3-D, and
-merge parallel projections of one tensor (attention's Q, K, V) into one MatMul + Split."""
+fuse a 2-D MatMul + bias Add into Gemm, and drop the reshapes around a Linear layer on 3-D."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ def merge_parallel_matmuls(graph: gs.Graph) -> TransformReport:
 
 
 def merge_projections(graph: gs.Graph, report: TransformReport) -> None:
-    """Every group of parallel projections merged in place (fold-shapes calls this too)."""
+    """Every group of parallel projections merged in place."""
     readers: dict[int, list[gs.Node]] = defaultdict(list)
     for node in nodes_of(graph, "MatMul", "Gemm"):
         if len(node.inputs) >= 2 and len(node.outputs) == 1 and \

@@ -205,3 +205,15 @@ def test_layout_ops_between_keep_what_does_not_commute(rng, body, consts, signat
     out, rewritten, _ = absorb(model)
     assert not rewritten and "Mul" in ops(out)
     assert_same_function(model, out, **FP32)
+
+
+def test_a_bias_add_read_elsewhere_keeps_its_scale(rng):
+    """The bias Add's output also feeds a Relu: folding the scale into W would change it."""
+    model = model_from(rng, "(float[2,3,5] x) => (float[2,3,6] y, float[2,3,6] z)", """
+        t = MatMul (x, w)
+        u = Add (t, b)
+        y = Mul (u, c)
+        z = Relu (u)""", {"w": (5, 6), "b": (6,), "c": ()})
+    out, rewritten, skipped = absorb(model)
+    assert not rewritten and ("Mul->y", "u has other consumers") in skipped
+    assert_same_function(model, out, **FP32)
